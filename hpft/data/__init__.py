@@ -1,0 +1,1 @@
+"""Data: video reading (decord), the synthetic needle generator, prompts, collation and the DataModule."""

@@ -1,0 +1,1 @@
+"""Models: loading, the tiny configs and the embedded tiny-omni builder."""

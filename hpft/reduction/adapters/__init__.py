@@ -1,0 +1,1 @@
+"""Adapters: how the reduction engine runs and scores each hybrid decoder family."""
