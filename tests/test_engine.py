@@ -161,5 +161,9 @@ def test_bad_inputs_are_named(tiny_lm, prompt):
     left = prompt.attention_mask.flip(1)
     with pytest.raises(ValueError, match="right-padded"):
         reduced_forward(tiny_lm, prompt.inputs_embeds, prompt.visual_mask, prompt.query_mask, QUARTER, left)
+    early = prompt.query_mask.clone()
+    early[:, 1] = True
+    with pytest.raises(ValueError, match="after the last visual token"):
+        reduced_forward(tiny_lm, prompt.inputs_embeds, prompt.visual_mask, early, QUARTER)
     with pytest.raises(ValueError, match="question tokens"):
         reduced_forward(tiny_lm, prompt.inputs_embeds, prompt.visual_mask, torch.zeros_like(prompt.query_mask), QUARTER)

@@ -28,8 +28,9 @@ def _mamba_ssm_input(mixer, normed: torch.Tensor) -> torch.Tensor:
     """Reference: the SSM input x `(B, S, H, P)` after in_proj, conv and activation (oracle for the test)."""
     projected = mixer.in_proj(normed)
     xbc = projected[..., mixer.intermediate_size : mixer.intermediate_size + mixer.conv_dim].transpose(1, 2)
-    conv = F.conv1d(xbc, mixer.conv1d.weight, mixer.conv1d.bias, padding=mixer.conv_kernel_size - 1,
-                    groups=mixer.conv_dim)[..., : normed.shape[1]]
+    conv = F.conv1d(
+        xbc, mixer.conv1d.weight, mixer.conv1d.bias, padding=mixer.conv_kernel_size - 1, groups=mixer.conv_dim
+    )[..., : normed.shape[1]]
     x = ACT2FN[mixer.activation](conv).transpose(1, 2)[..., : mixer.intermediate_size]
     return x.reshape(*normed.shape[:2], mixer.num_heads, mixer.head_dim)
 
@@ -107,8 +108,11 @@ def test_mamba_visual_scores_normalise_per_row():
 def test_query_agnostic_baselines_ignore_text():
     hidden = torch.randn(2, 5, 4)
     visual = torch.tensor([[False, True, True, False, False]] * 2)
-    for s in (scoring.norm_scores(hidden, visual), scoring.mean_pool_scores(hidden, visual),
-              scoring.random_scores(visual, torch.Generator().manual_seed(0))):
+    for s in (
+        scoring.norm_scores(hidden, visual),
+        scoring.mean_pool_scores(hidden, visual),
+        scoring.random_scores(visual, torch.Generator().manual_seed(0)),
+    ):
         assert s.shape == (2, 5) and s[~visual].abs().sum() == 0
     assert torch.allclose(scoring.norm_scores(hidden, visual)[0, 1], hidden[0, 1].norm())
 
@@ -126,3 +130,21 @@ def test_effective_linear_folds_lora_delta(tiny_lm):
     expected = module(x)[:, 10:20]
     assert torch.allclose(F.linear(x, weight, bias), expected, atol=1e-5)
     assert not torch.allclose(F.linear(x, effective_linear(module.base_layer, slice(10, 20))[0]), expected)
+
+
+def test_decay_free_fast_path_equals_general_scores():
+    generator = torch.Generator().manual_seed(0)
+    batch, seq, visual_start, num_visual, groups, heads, state = 2, 30, 3, 20, 2, 6, 4
+    C_query = torch.randn(batch, 5, groups, state, generator=generator)
+    B = torch.randn(batch, seq, groups, state, generator=generator)
+    dt = torch.rand(batch, seq, heads, generator=generator)
+    positions = torch.tensor([[23, 24, 25, 26, 27], [23, 24, 25, 25, 25]])
+    valid = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    visual = torch.zeros(batch, seq, dtype=torch.bool)
+    visual[:, visual_start : visual_start + num_visual] = True
+    general = scoring.mamba2_visual_scores(
+        scoring.mamba2_implicit_attention(C_query, B, dt, positions), valid, visual, "abs_sum"
+    )
+    window = slice(visual_start, visual_start + num_visual)
+    fast = scoring.mamba2_decay_free_visual_scores(C_query, B[:, window], dt[:, window], valid)
+    assert torch.allclose(fast, general[:, window], atol=1e-6)

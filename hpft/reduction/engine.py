@@ -53,6 +53,12 @@ class SequenceState:
         """Visual tokens per sample (equal across the batch)."""
         return int(self.visual_mask[0].sum())
 
+    def visual_index(self) -> torch.Tensor:
+        """`(B, V)` long positions of the visual tokens, ascending."""
+        seq = self.visual_mask.shape[1]
+        index = torch.arange(seq, device=self.visual_mask.device).expand_as(self.visual_mask)
+        return torch.where(self.visual_mask, index, index + seq).sort(dim=1).values[:, : self.num_visual]
+
     def query_positions(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Question rows per sample, padded: `(positions (B, Q) long, valid (B, Q) bool)`."""
         seq = self.query_mask.shape[1]
@@ -115,6 +121,11 @@ def _check_inputs(inputs_embeds, visual_mask, query_mask, attention_mask, needs_
         )
     if bool((visual_mask & query_mask).any()):
         raise ValueError("query_mask overlaps visual_mask: question tokens must be text tokens")
+    index = torch.arange(seq, device=visual_mask.device)
+    last_visual = torch.where(visual_mask, index, -1).amax(1)
+    first_query = torch.where(query_mask, index, seq).amin(1)
+    if bool((first_query <= last_visual).any()):
+        raise ValueError("question tokens must come after the last visual token (prompt layout [video][question])")
     if attention_mask is not None:
         real = attention_mask.bool()
         if bool((real[:, 1:] & ~real[:, :-1]).any()):
@@ -147,6 +158,16 @@ def _score(adapter, index: int, hidden: torch.Tensor, state: SequenceState, conf
             inputs.query, inputs.key, positions, valid, key_valid, state.visual_mask, inputs.scaling
         )
     inputs = adapter.mamba_inputs(index, hidden, positions, state.attention_mask)
+    if not config.decay and config.use_dt and config.normalize == "abs_sum":  # the default: factorised fast path
+        visual = state.visual_index()
+        scores = torch.zeros(state.visual_mask.shape, dtype=torch.float32, device=hidden.device)
+        fast = scoring.mamba2_decay_free_visual_scores(
+            inputs.C_query,
+            inputs.B.gather(1, visual[..., None, None].expand(-1, -1, *inputs.B.shape[2:])),
+            inputs.dt.gather(1, visual[..., None].expand(-1, -1, inputs.dt.shape[-1])),
+            valid,
+        )
+        return scores.scatter_(1, visual, fast)
     implicit = scoring.mamba2_implicit_attention(
         inputs.C_query, inputs.B, inputs.dt, positions, A=inputs.A if config.decay else None, use_dt=config.use_dt
     )
@@ -191,7 +212,10 @@ def reduced_forward(
     adapter = adapter_for(lm)
     visual_mask, query_mask = visual_mask.bool(), query_mask.bool()
     _check_inputs(
-        inputs_embeds, visual_mask, query_mask, attention_mask,
+        inputs_embeds,
+        visual_mask,
+        query_mask,
+        attention_mask,
         needs_query=config.active and config.scorer not in QUERY_AGNOSTIC,
     )
     batch, seq = inputs_embeds.shape[:2]
@@ -250,7 +274,6 @@ def reduced_forward(
         cache=cache,
         state=state,
     )
-
 
 
 def decode_step(lm, token_ids: torch.Tensor, position_ids: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
@@ -314,4 +337,3 @@ def reduced_generate(
         if finished is not None:
             finished |= token.squeeze(1) == eos_token_id
     return torch.cat(tokens, dim=1), prefill
-

@@ -138,6 +138,40 @@ def mamba2_visual_scores(
     return _mean_over_heads_and_queries(weights, query_valid) * visual_mask
 
 
+def mamba2_decay_free_visual_scores(
+    C_query: torch.Tensor,
+    B_visual: torch.Tensor,
+    dt_visual: torch.Tensor,
+    query_valid: torch.Tensor,
+) -> torch.Tensor:
+    """Fast path of `mamba2_visual_scores(mamba2_implicit_attention(..., A=None), normalize="abs_sum")`.
+
+    Without the decay, `|M_ij^h| = |C_i^g . B_j^g| * dt_j^h` factorises over groups and heads, so the
+    per-(row, head) normalisation and the mean become two batched matmuls over `(B, G, Q, V)` instead of a
+    `(B, H, Q, S)` tensor. Valid because every visual token precedes every question row (causality is moot).
+
+    Args:
+        C_query: `(B, Q, G, N)` C at the question rows.
+        B_visual: `(B, V, G, N)` B at the visual tokens.
+        dt_visual: `(B, V, H)` dt at the visual tokens.
+        query_valid: `(B, Q)` bool.
+
+    Returns:
+        `(B, V)` float32 scores of the visual tokens, in their order.
+    """
+    batch, num_visual, num_heads = dt_visual.shape
+    num_groups = B_visual.shape[2]
+    per_group = num_heads // num_groups
+    cb = torch.einsum("bqgn,bvgn->bgqv", C_query.float(), B_visual.float()).abs()  # (B, G, Q, V)
+    dt = dt_visual.float().view(batch, num_visual, num_groups, per_group).permute(0, 2, 1, 3)  # (B, G, V, H/G)
+    row_mass = cb @ dt  # (B, G, Q, H/G): sum over visual j of |CB_ij| dt_j^h
+    rows = query_valid.float().sum(1).clamp_min(1.0)  # (B,)
+    weight = query_valid.float()[:, None, :, None] / row_mass.clamp_min(1e-30)  # (B, G, Q, H/G)
+    weight = weight / (rows[:, None, None, None] * num_heads)
+    per_head = weight.transpose(-1, -2) @ cb  # (B, G, H/G, V): sum over rows i of w_ih |CB_ij|
+    return (per_head * dt.transpose(-1, -2)).sum(dim=(1, 2))
+
+
 def norm_scores(hidden: torch.Tensor, visual_mask: torch.Tensor) -> torch.Tensor:
     """Query-agnostic baseline: L2 norm of each visual hidden state. `(B, S, D), (B, S) -> (B, S)`."""
     return hidden.float().norm(dim=-1) * visual_mask

@@ -53,6 +53,12 @@ def reduced_vlm_forward(
     """
     embeds, visual_mask = embed_video_prompt(vlm, input_ids, pixel_values_videos)
     return reduced_forward(
-        vlm.language_model, embeds, visual_mask, query_mask, config,
-        attention_mask=attention_mask, labels=labels, use_cache=use_cache,
+        vlm.language_model,
+        embeds,
+        visual_mask,
+        query_mask,
+        config,
+        attention_mask=attention_mask,
+        labels=labels,
+        use_cache=use_cache,
     )

@@ -154,8 +154,11 @@ class NemotronHAdapter:
         w, b = effective_linear(mixer.in_proj, b_rows)
         B_pre = F.linear(x, w, b).transpose(1, 2)  # (B, G*N, S)
         B_out = F.conv1d(
-            B_pre, conv_w[b_conv, None, :], conv_b[b_conv] if conv_b is not None else None,
-            padding=kernel - 1, groups=gn,
+            B_pre,
+            conv_w[b_conv, None, :],
+            conv_b[b_conv] if conv_b is not None else None,
+            padding=kernel - 1,
+            groups=gn,
         )[..., :seq]
         B_all = act(B_out).transpose(1, 2).reshape(batch, seq, mixer.n_groups, mixer.ssm_state_size)
 
