@@ -49,11 +49,22 @@ def build_tiny_decoder(seed: int = 0, **overrides: Any) -> NemotronHForCausalLM:
     return NemotronHForCausalLM(tiny_decoder_config(**overrides)).eval()
 
 
-def tiny_omni_config(text_overrides: dict[str, Any] | None = None, image_size: int = 64, **overrides: Any):
+def tiny_omni_config(
+    text_overrides: dict[str, Any] | None = None,
+    image_size: int = 64,
+    vision_overrides: dict[str, Any] | None = None,
+    **overrides: Any,
+):
     """A `nemotron_h_omni` config: small RADIO tower (patch 8), pixel-shuffle projector, tiny Nemotron-H decoder.
 
     With patch 8, pixel shuffle 2x2 and temporal patch 2, one 16x16-pixel cell over 2 frames is one decoder token:
     a 64x64 video gives 16 visual tokens per 2 frames.
+
+    Args:
+        text_overrides: Fields of the decoder config (see `tiny_decoder_config`).
+        image_size: Square frame side in px.
+        vision_overrides: Fields of the RADIO config (e.g. `hidden_size`; keep `vision_hidden_size` equal).
+        **overrides: Top-level `nemotron_h_omni` fields.
     """
     text = tiny_decoder_config(**(text_overrides or {})).to_dict()
     vision = dict(
@@ -70,6 +81,7 @@ def tiny_omni_config(text_overrides: dict[str, Any] | None = None, image_size: i
         video_temporal_patch_size=2,
         image_size=image_size,
     )
+    vision.update(vision_overrides or {})
     fields: dict[str, Any] = dict(
         model_type="nemotron_h_omni",
         vision_config=vision,

@@ -1,0 +1,95 @@
+"""Load a video VLM and its tokenizer from a local folder or the local Hugging Face cache, never the network."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+__all__ = ["TINY_OMNI_DIR", "load_vlm", "resolve_model_path"]
+
+log = logging.getLogger(__name__)
+
+# The embedded default, shipped in the repository (an editable install keeps hpft/ next to data/).
+TINY_OMNI_DIR = Path(__file__).resolve().parents[2] / "data" / "tiny-omni"
+_BUILD_TINY = "python -m hpft.models.tiny_omni --out data/tiny-omni"
+
+
+def resolve_model_path(path: str | os.PathLike[str]) -> str:
+    """Turn a model reference into what `from_pretrained` should get.
+
+    `"tiny-omni"` names the embedded default (`TINY_OMNI_DIR`, independent of the working directory); an existing
+    folder is returned as an absolute path; anything else is returned unchanged (a hub id, looked up in the local
+    cache only).
+
+    Args:
+        path: `"tiny-omni"`, a model folder, or a hub id.
+
+    Returns:
+        The folder path or hub id.
+    """
+    text = os.fspath(path)
+    if text == "tiny-omni":
+        return str(TINY_OMNI_DIR)
+    if Path(text).expanduser().is_dir():
+        return str(Path(text).expanduser().resolve())
+    return text
+
+
+def load_vlm(
+    path: str | os.PathLike[str], dtype: torch.dtype = torch.float32, trust_remote_code: bool = False
+) -> tuple[torch.nn.Module, object]:
+    """Load a video VLM (`AutoModelForImageTextToText`) and its tokenizer, offline.
+
+    EVS (`video_pruning_rate > 0`) is switched off: it drops video tokens before the decoder and changes the
+    prompt length, which the in-decoder reduction (`hpft.reduction.reduced_vlm_forward`) refuses.
+
+    Args:
+        path: `"tiny-omni"`, a model folder (`config.json`, safetensors weights, tokenizer files), or a hub id
+            already in the local Hugging Face cache.
+        dtype: Parameter dtype.
+        trust_remote_code: Allow the folder's own modelling code (off unless a config asks for it).
+
+    Returns:
+        `(model in eval mode, tokenizer)`.
+
+    Raises:
+        FileNotFoundError: If `path` is neither a model folder nor a cached hub id; the message names the path.
+    """
+    from transformers import AutoModelForImageTextToText, AutoTokenizer
+
+    source = resolve_model_path(path)
+    local = Path(source).is_dir()
+    # A hub id is "name" or "org/name"; anything else (absolute, ./, ~, deeper) can only be a folder.
+    if not local and (os.path.isabs(source) or source.startswith((".", "~")) or source.count("/") > 1):
+        hint = f" Build the embedded model with `{_BUILD_TINY}`." if "tiny-omni" in source else ""
+        raise FileNotFoundError(f"model folder not found: {source}.{hint}")
+    if local and not (Path(source) / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{source} is a folder but holds no config.json: not a Hugging Face model folder. "
+            + (f"Rebuild the embedded model with `{_BUILD_TINY}`." if Path(source) == TINY_OMNI_DIR else "")
+        )
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(
+            source, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code, local_files_only=True
+        )
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, local_files_only=True)
+    except OSError as err:
+        if local:
+            raise
+        hint = f" To rebuild the embedded model: `{_BUILD_TINY}`." if "tiny-omni" in source else ""
+        raise FileNotFoundError(
+            f"model {source!r} is neither a local folder nor in the local Hugging Face cache; hpft never downloads "
+            f"weights. Pass a folder path, or download it once with `huggingface-cli download {source}` on a "
+            f"machine with network access.{hint} ({type(err).__name__}: {err})"
+        ) from None
+    rate = getattr(model.config, "video_pruning_rate", 0.0) or 0.0
+    if rate > 0:
+        log.warning("video_pruning_rate=%s (EVS) set to 0: hpft reduces video tokens inside the decoder", rate)
+    if hasattr(model.config, "video_pruning_rate"):
+        model.config.video_pruning_rate = 0.0
+    if hasattr(model, "video_pruning_rate"):
+        model.video_pruning_rate = 0.0  # the model copies the config value at init and reads its own copy
+    return model.eval(), tokenizer
