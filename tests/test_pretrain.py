@@ -1,0 +1,49 @@
+"""Pretraining pieces: dense multi-question prompts and a resumable curriculum run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hpft.data.synthetic import make_scene
+from hpft.models.loading import load_vlm
+from hpft.models.pretrain import Stage, dense_example, pretrain
+
+
+@pytest.fixture(scope="module")
+def tiny_omni():
+    return load_vlm("tiny-omni")
+
+
+def test_dense_example_labels_only_answers_and_every_answer_is_unambiguous(tiny_omni):
+    _, tokenizer = tiny_omni
+    scene = make_scene(np.random.default_rng(0), 8, num_needles=3, num_distractors=4)
+    prompt = dense_example(tokenizer, scene, 64, np.random.default_rng(1), video_token_id=4)
+    words = tokenizer.convert_ids_to_tokens(prompt.input_ids)
+    answers = [w.strip("Ġ") for w, lab in zip(words, prompt.labels, strict=True) if lab != -100]
+    assert answers[-1] == "</s>" and len(answers) >= 3  # at least one question per needle kind
+    for i, label in enumerate(prompt.labels):
+        if label != -100:
+            assert label == prompt.input_ids[i] and not prompt.query_mask[i] and not prompt.visual_mask[i]
+    assert sum(prompt.visual_mask) == 64 and not any(prompt.query_mask[: prompt.answer_start])
+    glyph_colours = {}
+    for track in scene.tracks:
+        glyph_colours.setdefault(track.glyph, set()).add(track.colour)
+    text = tokenizer.decode(prompt.input_ids)
+    for glyph, colours in glyph_colours.items():
+        asked = f"What colour is the {glyph}?" in text
+        assert asked == (len(colours) == 1), glyph
+
+
+def test_pretrain_resumes_where_it_stopped(tmp_path, tiny_omni):
+    vlm, tokenizer = tiny_omni
+    stages = (Stage("one", frames=8, num_needles=1, num_distractors=0, dense=1.0, max_steps=2, gate=None),)
+    lines = []
+    first = pretrain(vlm, tokenizer, tmp_path, stages, batch_size=2, eval_every=2, eval_items=4, save_every=1,
+                     log=lines.append)  # fmt: skip
+    assert first["steps"] == 2 and (tmp_path / "state.pt").exists()
+    longer = (Stage("one", frames=8, num_needles=1, num_distractors=0, dense=1.0, max_steps=2, gate=None),
+              Stage("two", frames=8, num_needles=2, num_distractors=1, dense=0.5, max_steps=1, gate=None))  # fmt: skip
+    second = pretrain(vlm, tokenizer, tmp_path, longer, batch_size=2, eval_every=1, eval_items=4, log=lines.append)
+    assert any("resumed at step 2" in line for line in lines)
+    assert second["steps"] == 3 and [s["name"] for s in second["stages"]] == ["one", "two"]
