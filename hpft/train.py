@@ -1,0 +1,134 @@
+"""Entry point `python -m hpft.train`: LoRA-finetune a hybrid video VLM under token reduction, then evaluate it.
+
+compose (Hydra, `conf/train.yaml`) -> validate every setting at once -> build model, PEFT, data, module,
+callbacks, loggers, strategy, trainer -> fit -> validate reduced and unreduced -> `metrics.json`.
+
+    python -m hpft.train                                  # tiny-omni, low_to_high, keep 0.25, LoRA, < 10 min CPU
+    python -m hpft.train schedule=uniform scorer=norm keep=0.5
+    python -m hpft.train debug=fdr data=needle_fixture logger=csv   # one batch, seconds
+    python -m hpft.train -m keep=0.25,0.5 group=keep-sweep         # sweep: multirun/<time>/<job>/
+    python -m hpft.train hydra.run.dir=outputs/<run> ckpt_path=last max_steps=480   # resume that run
+
+Every run folder (`hydra.run.dir`, default `outputs/<time>`) holds `config.yaml` (resolved), `metrics.json`
+(flat keys), `checkpoints/last.ckpt`, `csv/` and `wandb/` (offline unless W&B credentials are configured).
+A config mistake exits with code 2 and one message listing every problem.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from lightning.pytorch import seed_everything
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+import hpft.config_builders  # noqa: F401  (registers the ${hpft_root:} resolver before composition)
+from hpft.config_checks import USAGE_EXIT_CODE, ConfigError, check_config
+from hpft.run_report import format_table, run_metrics, write_config, write_metrics
+
+log = logging.getLogger(__name__)
+# The vision tower is frozen and kept in eval mode on purpose (hpft.peft_setup.set_frozen_eval).
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+
+
+def _sweep_group(cfg: DictConfig) -> None:
+    """In a multirun without an explicit `group`, group the W&B runs by the sweep folder's name."""
+    if cfg.get("group") is None and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        cfg.group = Path(HydraConfig.get().sweep.dir).name
+
+
+def _nodes(cfg: DictConfig | None) -> list[Any]:
+    """Instantiate a group holding named nodes (`callbacks`, `logger`) as a list, skipping empty ones."""
+    if not cfg:
+        return []
+    return [instantiate(node) for node in cfg.values() if node is not None and "_target_" in node]
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run one training job from a composed config; returns the flat metrics also written to `metrics.json`.
+
+    Raises:
+        ConfigError: listing every invalid setting (checked before anything heavy is built).
+    """
+    started = time.perf_counter()
+    reduction, problems = check_config(cfg)
+    if problems:
+        raise ConfigError(problems)
+    _sweep_group(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    write_config(output_dir, cfg)
+    log.info("run folder: %s; reduction: %s", output_dir, reduction.as_dict())
+    seed_everything(cfg.seed, workers=True)
+    if cfg.get("cpu_threads"):
+        torch.set_num_threads(cfg.cpu_threads)
+
+    vlm, tokenizer = instantiate(cfg.model)
+    vlm = instantiate(cfg.peft).apply(vlm)
+    datamodule = instantiate(cfg.data).bind(tokenizer=tokenizer, model_config=vlm.config)
+    module = instantiate(cfg.module)(vlm, reduction=reduction, optim=instantiate(cfg.optim))
+
+    loggers = _nodes(cfg.get("logger"))
+    # LearningRateMonitor refuses to run without a logger (logger=none).
+    callbacks = [c for c in _nodes(cfg.get("callbacks")) if loggers or not isinstance(c, LearningRateMonitor)]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, strategy=instantiate(cfg.strategy))
+    for logger in trainer.loggers:  # schedule/keep/scorer/group first: they are what runs are compared by
+        logger.log_hyperparams(
+            {**reduction.as_dict(), "group": cfg.get("group"), "config": OmegaConf.to_container(cfg, resolve=True)}
+        )
+
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        train_metrics = dict(trainer.callback_metrics)
+        val_results = trainer.validate(module, datamodule=datamodule, verbose=False)  # [] with limit_val_batches=0
+    finally:  # the next job of a multirun must start its own W&B run, not reuse this one
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.experiment.finish()
+    val_metrics = val_results[0] if val_results else {}
+
+    checkpoint = getattr(trainer.checkpoint_callback, "last_model_path", "") or None
+    extra = {"global_step": trainer.global_step, "wall_time_s": time.perf_counter() - started, "last_ckpt": checkpoint}
+    metrics = run_metrics(reduction, train_metrics, val_metrics, extra)
+    if trainer.is_global_zero:
+        path = write_metrics(output_dir, metrics)
+        print(f"\n{format_table(metrics)}\nmetrics: {path}", flush=True)
+    return metrics
+
+
+_TASK_STARTED = False
+
+
+@hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> Any:
+    """Hydra task: `train(cfg)`; a config error prints one message and exits with code 2."""
+    global _TASK_STARTED
+    _TASK_STARTED = True
+    try:
+        metrics = train(cfg)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(USAGE_EXIT_CODE)
+    key = cfg.get("optimized_metric")
+    return metrics if key is None else metrics[key]
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except SystemExit as exit_:
+        # Hydra exits 1 for composition errors too (unknown option `schedule=bogus`, unknown key `kepp=0.3`);
+        # it has printed the message and the choices. Those are config errors as well: exit 2, like ours.
+        if exit_.code == 1 and not _TASK_STARTED:
+            sys.exit(USAGE_EXIT_CODE)
+        raise
