@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import runpy
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -285,3 +288,44 @@ def test_resume_from_last_checkpoint(tmp_path):
     assert "Restoring states from the checkpoint path" in run.stdout + run.stderr
     assert torch.load(last, weights_only=False)["global_step"] == 4
     assert json.loads((run_dir / "metrics.json").read_text())["global_step"] == 4
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    """train/loss per step from the run's CSV log."""
+    rows = list(csv.DictReader((run_dir / "csv" / "metrics.csv").open()))
+    return {int(r["step"]): float(r["train/loss"]) for r in rows if r.get("train/loss")}
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_with_the_same_losses(tmp_path):
+    """kill -9 mid-epoch, then ckpt_path=last: the remaining steps have the losses of an uninterrupted run.
+
+    Same max_steps in both runs (the LR schedule depends on it); the fixture has 3 batches per epoch, so the
+    kill lands mid-epoch and the data position must be restored, not just the step.
+    """
+    quick = ["eval_full=false", "+trainer.limit_val_batches=0", "trainer.log_every_n_steps=1", "max_steps=5"]
+    straight = tmp_path / "straight"
+    _train(straight, *quick)
+    expected = _losses(straight)
+    assert len(expected) == 5
+
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    cmd = [sys.executable, "-m", "hpft.train", "data=needle_fixture", "logger=csv", f"hydra.run.dir={killed}",
+           "callbacks.model_checkpoint.every_n_train_steps=1", *quick]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=ENV, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = killed / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if last.exists() and torch.load(last, weights_only=False)["global_step"] >= 1:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    resumed_from = torch.load(last, weights_only=False)["global_step"]
+    assert 1 <= resumed_from < 5, "the run finished before it could be killed"
+
+    _train(killed, "ckpt_path=last", "callbacks.model_checkpoint.every_n_train_steps=1", *quick)
+    resumed = _losses(killed)
+    for step in range(resumed_from, 5):
+        assert abs(resumed[step] - expected[step]) < 1e-5, (step, resumed, expected)

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from hpft.data.collate import VideoQACollator
 from hpft.data.prompts import LETTERS, encode_example, option_token_ids
@@ -187,6 +187,32 @@ class NeedleQADataset(Dataset):
         }
 
 
+class ResumableSampler(Sampler[int]):
+    """Seeded shuffling whose order depends only on (seed, epoch), and which can start mid-epoch.
+
+    Lightning calls `set_epoch` before each epoch. On a resume, the first epoch iterated is `start_epoch` and its
+    first `skip` indices (the batches already trained on) are skipped once, so a resumed run sees exactly the
+    batches an uninterrupted run would.
+    """
+
+    def __init__(self, size: int, seed: int, start_epoch: int = 0, skip: int = 0) -> None:
+        self.size, self.seed = size, seed
+        self.epoch, self._skip_epoch, self._skip = start_epoch, start_epoch, skip
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order the next iteration yields."""
+        self.epoch = epoch
+
+    def __iter__(self):
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+        skip = self._skip if self.epoch == self._skip_epoch else 0
+        self._skip = 0  # only the resumed epoch is shortened, and only once
+        return iter(order[skip:].tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
 class NeedleDataModule(LightningDataModule):
     """Train/val/test loaders over needle splits: given folders, or generated (and cached) on first use.
 
@@ -342,6 +368,20 @@ class NeedleDataModule(LightningDataModule):
                     image_size=self.image_size,
                 )
 
+    def _resume_sampler(self, size: int) -> ResumableSampler:
+        """The training order, positioned after the batches the restored trainer has already consumed.
+
+        Lightning restores `global_step` before it builds the training loader; with one optimizer step per
+        `accumulate_grad_batches` batches, that fixes the epoch and the batch inside it.
+        """
+        trainer = self.trainer
+        batches_done = 0
+        if trainer is not None:
+            batches_done = trainer.global_step * getattr(trainer, "accumulate_grad_batches", 1)
+        per_epoch = -(-size // self.batch_size)
+        epoch, batch = divmod(batches_done, per_epoch)
+        return ResumableSampler(size, self.seed, start_epoch=epoch, skip=batch * self.batch_size)
+
     def _loader(self, part: str, shuffle: bool) -> DataLoader:
         if part not in self.datasets:
             self.setup({"train": "fit", "val": "validate", "test": "test"}[part])
@@ -351,9 +391,8 @@ class NeedleDataModule(LightningDataModule):
         return DataLoader(
             self.datasets[part],
             batch_size=self.batch_size,
-            shuffle=shuffle,
-            # A seeded generator: the same seed gives the same epoch orders, with or without workers.
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            # Seeded per-epoch orders that resume mid-epoch at the exact batch (see `ResumableSampler`).
+            sampler=self._resume_sampler(len(self.datasets[part])) if shuffle else None,
             num_workers=self.num_workers,
             collate_fn=VideoQACollator(pad),
             persistent_workers=self.num_workers > 0,
