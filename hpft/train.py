@@ -35,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import hpft.config_builders  # noqa: F401  (registers the ${hpft_root:} resolver before composition)
 from hpft.config_checks import USAGE_EXIT_CODE, ConfigError, check_config
+from hpft.errors import UserInputError
 from hpft.run_report import format_table, run_metrics, write_config, write_metrics
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ def main(cfg: DictConfig) -> Any:
     _TASK_STARTED = True
     try:
         metrics = train(cfg)
-    except ConfigError as err:
+    except (ConfigError, UserInputError) as err:  # the user can fix these: the message, not a traceback
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(USAGE_EXIT_CODE)
     key = cfg.get("optimized_metric")

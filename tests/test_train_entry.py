@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import runpy
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,6 +33,7 @@ CONF = REPO_ROOT / "conf"
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]
 GLOBAL_GROUPS = ("experiment", "debug")  # `# @package _global_` overrides, not nodes
+FIXTURE_ROOT = REPO_ROOT / "tests" / "fixtures" / "needle_tiny"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "TRANSFORMERS_VERBOSITY": "error"}
 
 
@@ -329,3 +331,32 @@ def test_killed_run_resumes_with_the_same_losses(tmp_path):
     resumed = _losses(killed)
     for step in range(resumed_from, 5):
         assert abs(resumed[step] - expected[step]) < 1e-5, (step, resumed, expected)
+
+
+def _broken_fixture(tmp_path: Path, how: str) -> Path:
+    """A copy of the train fixture with one malformed JSONL row or one truncated video."""
+    root = tmp_path / "data"
+    shutil.copytree(FIXTURE_ROOT, root, symlinks=False)
+    train = root / "train"
+    if how == "row":
+        lines = (train / "train.jsonl").read_text().splitlines()
+        lines[1] = json.dumps({"id": "broken", "video": 3})
+        (train / "train.jsonl").write_text("\n".join(lines) + "\n")
+    else:
+        video = sorted((train / "videos").iterdir())[0]
+        video.write_bytes(video.read_bytes()[:3000])
+    return root
+
+
+@pytest.mark.parametrize(("how", "named"), [("row", "train.jsonl:2: field 'video'"), ("video", "train-00000.mp4")])
+def test_bad_data_stops_with_one_message(tmp_path, how, named):
+    root = _broken_fixture(tmp_path, how)
+    run = subprocess.run(
+        [sys.executable, "-m", "hpft.train", "data=needle_fixture", f"data.data_dir={root}", "data.batch_size=12",
+         "logger=none", "debug=fdr", f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert named in run.stderr
+    assert "Fix" in run.stderr or "regenerate" in run.stderr
+    assert "Traceback" not in run.stderr

@@ -22,6 +22,7 @@ from hpft.data.collate import VideoQACollator
 from hpft.data.prompts import LETTERS, encode_example, option_token_ids
 from hpft.data.synthetic import ensure_dataset
 from hpft.data.video import VideoError, read_frames
+from hpft.errors import UserInputError
 from hpft.models.processor import frames_to_pixel_values, tokens_per_tubelet
 
 __all__ = ["NeedleDataModule", "NeedleQADataset", "default_cache_dir", "read_question_rows"]
@@ -99,7 +100,7 @@ def read_question_rows(path: str | os.PathLike[str]) -> list[dict]:
     if problems:
         more = f"\n  ... and {len(problems) - _MAX_REPORTED} more" if len(problems) > _MAX_REPORTED else ""
         listed = "\n  - ".join(problems[:_MAX_REPORTED])
-        raise ValueError(f"malformed question file {path}:\n  - {listed}{more}\nFix: {_FIX}.")
+        raise UserInputError(f"malformed question file {path}:\n  - {listed}{more}\nFix: {_FIX}.")
     if not rows:
         raise ValueError(f"question file {path} holds no rows. Fix: {_FIX}.")
     return rows

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
+from hpft.errors import UserInputError
+
 __all__ = ["VideoError", "read_frames", "sample_frame_indices", "video_num_frames"]
 
 
-class VideoError(ValueError):
+class VideoError(UserInputError):
     """A video file is missing, unreadable or has no decodable frames.
 
     The message always names the file and the likely fix.
