@@ -30,7 +30,8 @@ from hpft.reduction import SCHEDULES, SCORERS, ReductionConfig
 from hpft.run_report import REQUIRED_KEYS, format_table, run_metrics
 
 CONF = REPO_ROOT / "conf"
-GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
+EVAL_ONLY_GROUPS = ("benchmark",)  # `python -m hpft.evaluate` (conf/eval.yaml); composed in tests/test_evaluate.py
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in EVAL_ONLY_GROUPS)
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]
 GLOBAL_GROUPS = ("experiment", "debug")  # `# @package _global_` overrides, not nodes
 FIXTURE_ROOT = REPO_ROOT / "tests" / "fixtures" / "needle_tiny"

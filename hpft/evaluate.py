@@ -1,0 +1,219 @@
+"""Entry point `python -m hpft.evaluate`: score a video VLM on one benchmark under any reduction, from any checkpoint.
+
+compose (Hydra, `conf/eval.yaml`) -> validate every setting at once -> load the model (`hpft.checkpoints`) ->
+score each item, appending it to `items.jsonl` (`hpft.eval_runner`) -> `results.json` + loggers.
+
+    python -m hpft.evaluate                                     # tiny-omni on the synthetic needle grid
+    python -m hpft.evaluate benchmark=videomme benchmark.root=/data/Video-MME model.path=/models/omni
+    python -m hpft.evaluate ckpt=outputs/<run> schedule=none     # a training run, unreduced
+    python -m hpft.evaluate max_items=20 hydra.run.dir=outputs/eval/x   # then rerun without max_items: resumes
+
+The run folder (`hydra.run.dir`, default `outputs/eval/<benchmark>/<time>`) holds `config.yaml` (resolved),
+`items.jsonl`, `settings.json`, `results.json` (see `hpft.eval_runner.RESULT_KEYS`), `csv/` and `wandb/` (offline
+unless W&B credentials are configured), and for the needle benchmark its V-NIAH heatmap and grid. A config or
+data mistake exits with code 2 and one message listing every problem.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from lightning.pytorch import seed_everything
+from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+import hpft.config_builders  # noqa: F401  (registers the ${hpft_root:} resolver before composition)
+from hpft.checkpoints import HF_FOLDER, LIGHTNING_FILE, checkpoint_kind, load_for_eval, run_config_for
+from hpft.config_checks import USAGE_EXIT_CODE, ConfigError, _cause, _model_config, check_budget, check_reduction
+from hpft.errors import UserInputError
+from hpft.eval_runner import BenchmarkSpec, evaluate_benchmark, load_items, metric_dict
+from hpft.models.loading import resolve_model_path
+from hpft.run_report import write_config
+
+log = logging.getLogger(__name__)
+
+
+class EvalConfigError(ConfigError):
+    """Every problem found in a composed `conf/eval.yaml`, as one message (with the evaluate command in the fix)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__(problems)
+        self.args = (str(self.args[0]).replace("python -m hpft.train", "python -m hpft.evaluate"),)
+
+
+def _check_ckpt(cfg: DictConfig) -> tuple[str | None, list[str]]:
+    ckpt = cfg.get("ckpt")
+    if ckpt is None:
+        return None, []
+    try:
+        kind = checkpoint_kind(str(ckpt))
+        if kind == LIGHTNING_FILE:
+            run_config_for(str(ckpt))
+    except UserInputError as err:
+        return None, [str(err)]
+    return kind, []
+
+
+def check_eval_config(cfg: DictConfig) -> tuple[Any, BenchmarkSpec | None, list[str]]:
+    """Run every startup check on a composed eval config (nothing heavy: no weights, no videos decoded).
+
+    Checks the reduction (keep in (0, 1], schedule/scorer), the benchmark node (fields, its module, its root),
+    the model folder, the checkpoint's form, `max_items`, and that the budget is reachable at the benchmark's
+    frame count.
+
+    Returns:
+        `(ReductionConfig or None, BenchmarkSpec or None, every problem found)`.
+    """
+    reduction, problems = check_reduction(cfg)
+    spec = None
+    try:
+        spec = instantiate(cfg.benchmark)
+    except (InstantiationException, ValueError, TypeError) as err:
+        problems.append(f"benchmark: {_cause(err)}")
+    if spec is not None:
+        try:
+            spec.benchmark_module()
+        except UserInputError as err:
+            problems.append(str(err))
+        if spec.root is not None or spec.synthetic is None:  # a generated root is made later, not checked here
+            try:
+                spec.resolve_root()
+            except UserInputError as err:
+                problems.append(str(err))
+    kind, ckpt_problems = _check_ckpt(cfg)
+    problems += ckpt_problems
+    model_config = None
+    if kind != HF_FOLDER:  # an exported folder replaces model.path
+        model_config, model_problems = _model_config(cfg)
+        problems += model_problems
+    max_items = cfg.get("max_items")
+    if max_items is not None and (not isinstance(max_items, int) or isinstance(max_items, bool) or max_items < 1):
+        problems.append(f"max_items={max_items!r} must be an integer >= 1, or null (every item)")
+    if reduction is not None and model_config is not None and spec is not None and spec.num_frames is not None:
+        problems += check_budget(reduction, model_config, spec.num_frames)
+    return reduction, spec, problems
+
+
+def _nodes(cfg: DictConfig | None) -> list[Any]:
+    """Instantiate the named `_target_` nodes of a group (the loggers)."""
+    return [instantiate(node) for node in (cfg or {}).values() if node is not None and "_target_" in node]
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:.4g}"
+    return "-" if value is None else str(value)
+
+
+def format_results(results: dict[str, Any]) -> str:
+    """A few lines summarising `results.json` for the terminal."""
+    keys = ("benchmark", "schedule", "scorer", "keep", "realised_keep", "acc", "n_scored", "n_total", "n_skipped",
+            "n_unparsed", "frames_per_item", "tokens_per_frame", "prefill_s")  # fmt: skip
+    width = max(map(len, keys))
+    lines = [f"{k.ljust(width)}  {_fmt(results.get(k))}" for k in keys]
+    for breakdown, table in (results.get("by") or {}).items():
+        cells = ", ".join(f"{k}: {_fmt(v)}" for k, v in table.items())
+        lines.append(f"{('by ' + breakdown).ljust(width)}  {cells}")
+    return "\n".join(lines)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Run one evaluation from a composed config; returns the results also written to `results.json`.
+
+    Raises:
+        EvalConfigError: listing every invalid setting (checked before the model is loaded).
+        UserInputError: a problem in the data or checkpoint found later (missing videos, mismatched weights).
+    """
+    reduction, spec, problems = check_eval_config(cfg)
+    if problems:
+        raise EvalConfigError(problems)
+    output_dir = Path(cfg.paths.output_dir)
+    write_config(output_dir, cfg)
+    seed_everything(cfg.seed, workers=False, verbose=False)
+    if cfg.get("cpu_threads"):
+        torch.set_num_threads(cfg.cpu_threads)
+
+    loaded = load_items(spec)  # layout and missing-video errors before the (possibly large) model loads
+    ckpt = cfg.get("ckpt")
+    vlm, tokenizer = load_for_eval(cfg.model, ckpt)
+    vlm.to(_device(str(cfg.device)))
+    settings = {
+        "model": resolve_model_path(str(vlm.config._name_or_path or cfg.model.get("path"))),
+        "ckpt": None if ckpt is None else str(Path(str(ckpt)).expanduser().resolve()),
+    }
+    log.info("evaluating %s on %s under %s", settings, spec.name, reduction.as_dict())
+    loggers = _nodes(cfg.get("logger"))
+    try:
+        for logger in loggers:
+            logger.log_hyperparams(
+                {
+                    **reduction.as_dict(),
+                    "benchmark": spec.name,
+                    **settings,
+                    "config": OmegaConf.to_container(cfg, resolve=True),
+                }
+            )
+        results = evaluate_benchmark(
+            vlm,
+            tokenizer,
+            spec,
+            reduction,
+            out_dir=output_dir,
+            max_items=cfg.get("max_items"),
+            progress=bool(cfg.get("progress", True)),
+            time_prefill=bool(cfg.get("time_prefill", True)),
+            settings=settings,
+            loaded=loaded,
+        )
+        metrics = metric_dict(results)
+        for logger in loggers:
+            logger.log_metrics(metrics, step=0)
+            logger.save()
+    finally:  # the next job of a multirun must start its own W&B run
+        for logger in loggers:
+            if isinstance(logger, WandbLogger):
+                logger.experiment.finish()
+            else:
+                logger.finalize("success")
+    print(f"\n{format_results(results)}\nresults: {output_dir / 'results.json'}", flush=True)
+    return results
+
+
+_TASK_STARTED = False
+
+
+@hydra.main(config_path="../conf", config_name="eval", version_base="1.3")
+def main(cfg: DictConfig) -> Any:
+    """Hydra task: `evaluate(cfg)`; a config or data error prints one message and exits with code 2."""
+    global _TASK_STARTED
+    _TASK_STARTED = True
+    try:
+        results = evaluate(cfg)
+    except (ConfigError, UserInputError) as err:  # the user can fix these: the message, not a traceback
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(USAGE_EXIT_CODE)
+    return results.get("acc")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except SystemExit as exit_:
+        # Hydra exits 1 for composition errors (`benchmark=bogus`, a misspelt key): config errors too, so 2.
+        if exit_.code == 1 and not _TASK_STARTED:
+            sys.exit(USAGE_EXIT_CODE)
+        raise
