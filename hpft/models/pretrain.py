@@ -54,9 +54,10 @@ class Stage:
 
 CURRICULUM = (
     Stage("name-one-object", frames=8, num_needles=1, num_distractors=0, dense=1.0, max_steps=600, gate=None),
-    Stage("bind-8f", frames=8, num_needles=3, num_distractors=4, dense=0.8, max_steps=3000, gate=0.9),
-    Stage("format-8f", frames=8, num_needles=3, num_distractors=8, dense=0.5, max_steps=2000, gate=0.9),
-    Stage("format-16f", frames=16, num_needles=3, num_distractors=8, dense=0.5, max_steps=1500, gate=0.9),
+    Stage("bind-two", frames=8, num_needles=2, num_distractors=2, dense=0.5, max_steps=2500, gate=0.85),
+    Stage("bind-three", frames=8, num_needles=3, num_distractors=4, dense=0.8, max_steps=2000, gate=0.85),
+    Stage("format-8f", frames=8, num_needles=3, num_distractors=8, dense=0.5, max_steps=1500, gate=0.85),
+    Stage("format-16f", frames=16, num_needles=3, num_distractors=8, dense=0.5, max_steps=1000, gate=0.85),
 )
 
 
