@@ -62,6 +62,12 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--test-videos", type=int, default=64)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument(
+        "--time-budget-min",
+        type=float,
+        default=None,
+        help="stop training after this many minutes in total (across resumes), then save and evaluate",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -70,7 +76,10 @@ def main() -> None:
 
     vlm, tokenizer = load_vlm(args.model)
     started = time.time()
-    summary = pretrain(vlm, tokenizer, args.work, seed=args.seed, batch_size=args.batch_size, lr=args.lr)
+    budget = None if args.time_budget_min is None else args.time_budget_min * 60
+    summary = pretrain(
+        vlm, tokenizer, args.work, seed=args.seed, batch_size=args.batch_size, lr=args.lr, time_budget_s=budget
+    )
     vlm.eval()
     vlm.save_pretrained(args.model, safe_serialization=True)
 

@@ -47,3 +47,10 @@ def test_pretrain_resumes_where_it_stopped(tmp_path, tiny_omni):
     second = pretrain(vlm, tokenizer, tmp_path, longer, batch_size=2, eval_every=1, eval_items=4, log=lines.append)
     assert any("resumed at step 2" in line for line in lines)
     assert second["steps"] == 3 and [s["name"] for s in second["stages"]] == ["one", "two"]
+
+
+def test_time_budget_stops_mid_curriculum_and_says_where(tmp_path, tiny_omni):
+    vlm, tokenizer = tiny_omni
+    stages = (Stage("one", frames=8, num_needles=1, num_distractors=0, dense=1.0, max_steps=50, gate=None),)
+    summary = pretrain(vlm, tokenizer, tmp_path, stages, batch_size=2, eval_items=4, time_budget_s=0.0, log=print)
+    assert summary["steps"] == 0 and summary["stopped_in_stage"] == "one" and summary["stages"] == []

@@ -167,6 +167,7 @@ def pretrain(
     eval_every: int = 250,
     eval_items: int = 64,
     save_every: int = 250,
+    time_budget_s: float | None = None,
     log=print,
 ) -> dict:
     """Run the curriculum on `vlm` (full finetune, no reduction), resuming from `out_dir/state.pt` if present.
@@ -183,6 +184,8 @@ def pretrain(
         eval_every: steps between held-out evaluations (the gate).
         eval_items: held-out multiple-choice questions per evaluation.
         save_every: steps between resume points.
+        time_budget_s: stop (and save a resume point) once this much training time has been spent in total,
+            across resumes; the summary then says where the curriculum stopped. None: run the whole curriculum.
         log: printer for progress lines.
 
     Returns:
@@ -214,13 +217,19 @@ def pretrain(
         torch.save(dict(model=vlm.state_dict(), optimizer=optimizer.state_dict(), state=state), tmp)
         tmp.replace(state_path)  # atomic: a kill never leaves a half-written resume point
 
-    while state["stage"] < len(curriculum):
+    def out_of_time() -> bool:
+        return time_budget_s is not None and time.time() - start >= time_budget_s
+
+    while state["stage"] < len(curriculum) and not out_of_time():
         stage = curriculum[state["stage"]]
         held_out, shortcut = _held_out(tokenizer, stage, collate, tokens_per_tube, video_token_id, seed, eval_items)
         # The data stream depends only on (seed, stage, stage_step): resuming replays nothing and skips nothing.
         rng = np.random.default_rng([seed, state["stage"], state["stage_step"]])
-        acc = None
+        acc, stopped = None, False
         while state["stage_step"] < stage.max_steps:
+            if out_of_time():
+                stopped = True
+                break
             state["step"] += 1
             state["stage_step"] += 1
             for group in optimizer.param_groups:
@@ -254,9 +263,20 @@ def pretrain(
                 save()
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"loss became {loss.item()} at step {state['step']}")
+        if stopped:
+            save()
+            log(f"time budget spent: stopping in stage {stage.name} after {state['stage_step']} of its steps")
+            break
         state["stages"].append(dict(asdict(stage), steps=state["stage_step"], acc=acc, shortcut=shortcut))
         state["stage"] += 1
         state["stage_step"] = 0
         save()
     log_file.close()
-    return dict(stages=state["stages"], steps=state["step"], seconds=round(time.time() - start, 1))
+    stopped_in = curriculum[state["stage"]].name if state["stage"] < len(curriculum) else None
+    return dict(
+        stages=state["stages"],
+        steps=state["step"],
+        seconds=round(time.time() - start, 1),
+        stopped_in_stage=stopped_in,
+        stopped_at_stage_step=state["stage_step"] if stopped_in else None,
+    )
