@@ -7,19 +7,23 @@ Three forms, told apart by what is on disk (`checkpoint_kind`):
   projector weights, `hpft.lit_module.HybridVLMModule.on_save_checkpoint`). The run's PEFT settings (LoRA rank,
   alpha, targets) are not in the file, so they are read from the run's `config.yaml`: next to the file, or one
   folder up (`<run>/checkpoints/<name>.ckpt`);
-* **exported Hugging Face folder** — a folder with `config.json` (`save_pretrained`, e.g. merged by an export):
-  loaded as the model itself, the `model` group's path is ignored.
+* **exported Hugging Face folder** — a folder with `config.json` (`save_pretrained`, e.g. merged by
+  `python -m hpft.export`), or a PEFT adapter folder with `adapter_config.json` (`hpft.export merge=false`: the base
+  model is the one its adapter config names): loaded as the model itself, the `model` group's path is ignored.
 
 For the first two, the base model comes from the `model` config group, LoRA is injected exactly as training did
 (`peft` node of the run's config), the checkpoint's trainable weights are loaded, and the adapters are merged into
 their linears (`merge_lora`): evaluation then runs plain linears, the same numbers at lower cost.
+
+An exported folder also carries the reduction settings it was trained with (`reduction.json`). `python -m
+hpft.evaluate` uses them unless the command line sets them (`combine_reduction`, `overridden_reduction_parts`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +34,25 @@ from omegaconf import DictConfig, OmegaConf
 from hpft.errors import UserInputError
 from hpft.models.loading import resolve_model_path
 from hpft.peft_setup import merge_lora
+from hpft.reduction import ReductionConfig
 
-__all__ = ["checkpoint_kind", "load_for_eval", "load_lightning_weights", "run_config_for"]
+__all__ = [
+    "REDUCTION_PARTS",
+    "checkpoint_kind",
+    "combine_reduction",
+    "load_for_eval",
+    "load_lightning_weights",
+    "load_trained",
+    "overridden_reduction_parts",
+    "run_config_for",
+]
 
 log = logging.getLogger(__name__)
 
 RUN_FOLDER, LIGHTNING_FILE, HF_FOLDER = "run_folder", "lightning_ckpt", "hf_folder"
 _FORMS = (
     "a training run folder (holding checkpoints/last.ckpt and config.yaml), a Lightning .ckpt file of such a run, "
-    "or an exported Hugging Face model folder (holding config.json)"
+    "or an exported Hugging Face model folder (holding config.json, or adapter_config.json)"
 )
 _MODULE_PREFIX = "model."  # HybridVLMModule keeps the VLM as `self.model`
 _ADAPTER_ONLY_KEY = "hpft_adapter_only"
@@ -52,7 +66,7 @@ def checkpoint_kind(ckpt: str | os.PathLike[str]) -> str:
     """
     path = Path(ckpt).expanduser()
     if path.is_dir():
-        if (path / "config.json").is_file():
+        if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
             return HF_FOLDER
         if (path / "checkpoints" / "last.ckpt").is_file():
             return RUN_FOLDER
@@ -150,7 +164,28 @@ def _same_model(run_cfg: DictConfig, model_cfg: Mapping[str, Any] | DictConfig) 
         log.warning("the checkpoint was trained on model.path=%s but model.path=%s is loaded", trained, wanted)
 
 
-def _load_trained(model_cfg, ckpt_file: Path, run_config: Path) -> tuple[torch.nn.Module, Any]:
+def load_trained(
+    model_cfg: Mapping[str, Any] | DictConfig,
+    ckpt_file: str | os.PathLike[str],
+    run_config: str | os.PathLike[str],
+    merge: bool = True,
+) -> tuple[torch.nn.Module, Any]:
+    """The base model with a training run's weights placed as the run placed them (eval mode, no grad).
+
+    Args:
+        model_cfg: the `model` config node of the base model.
+        ckpt_file: a Lightning checkpoint file of the run (adapter-only or full).
+        run_config: the run's `config.yaml` (its `peft` node says how LoRA was injected).
+        merge: fold the LoRA adapters into their linears (`merge_lora`); False keeps them as `lora_A` / `lora_B`
+            (what `hpft.export merge=false` saves as a PEFT adapter).
+
+    Returns:
+        `(vlm, tokenizer)`.
+
+    Raises:
+        UserInputError: a file that is not a checkpoint, or weights that do not fit the model.
+    """
+    ckpt_file = Path(ckpt_file)
     run_cfg = OmegaConf.load(run_config)
     _same_model(run_cfg, model_cfg)
     vlm, tokenizer = instantiate(model_cfg)
@@ -160,10 +195,15 @@ def _load_trained(model_cfg, ckpt_file: Path, run_config: Path) -> tuple[torch.n
         vlm = instantiate(peft).apply(vlm)
     checkpoint = _read_checkpoint(ckpt_file)
     count = load_lightning_weights(vlm, checkpoint, source=f"ckpt={ckpt_file}")
-    merge_lora(vlm)
+    if merge:
+        merge_lora(vlm)
     vlm.requires_grad_(False)
     log.info(
-        "loaded %d trained tensors from %s (step %s), LoRA merged", count, ckpt_file, checkpoint.get("global_step")
+        "loaded %d trained tensors from %s (step %s)%s",
+        count,
+        ckpt_file,
+        checkpoint.get("global_step"),
+        ", LoRA merged" if merge else "",
     )
     return vlm.eval(), tokenizer
 
@@ -193,8 +233,74 @@ def load_for_eval(
     if kind == HF_FOLDER:
         # The folder is the model: keep the group's loading options (dtype, trust_remote_code), not its path.
         vlm, tokenizer = instantiate(model_cfg, path=str(path.resolve()))
+        merge_lora(vlm)  # an adapter folder arrives with LoRA layers (transformers applied it): plain linears again
         log.info("loaded the exported model folder %s", path)
         return vlm.eval().requires_grad_(False), tokenizer
     if kind == RUN_FOLDER:
-        return _load_trained(model_cfg, path / "checkpoints" / "last.ckpt", path / "config.yaml")
-    return _load_trained(model_cfg, path, run_config_for(path))
+        return load_trained(model_cfg, path / "checkpoints" / "last.ckpt", path / "config.yaml")
+    return load_trained(model_cfg, path, run_config_for(path))
+
+
+# -- reduction settings of an exported folder --------------------------------------------------------------------
+
+REDUCTION_PARTS = ("schedule", "keep", "scorer", "min_tokens")
+"""The parts of a reduction setting that the command line can set independently of an exported folder's."""
+
+# Command-line keys (before `=` or the first `.`) -> the part they set.
+_PART_OF_KEY = {"schedule": "schedule", "keep": "keep", "scorer": "scorer", "reduction": "min_tokens"}
+
+
+def overridden_reduction_parts(overrides: Iterable[str]) -> set[str]:
+    """Which `REDUCTION_PARTS` a list of Hydra command-line overrides sets (pure).
+
+    `keep=0.5` sets `keep`; `schedule=uniform` or `schedule.p=3` the schedule (its name and shape parameters);
+    `scorer=norm` or `scorer.seed=1` the scorer (its name and parameters); `reduction.min_tokens=4` `min_tokens`.
+    `+`, `++` and `~` prefixes count like plain overrides.
+
+    Args:
+        overrides: e.g. `HydraConfig.get().overrides.task` (`["ckpt=x", "keep=0.5"]`).
+
+    Returns:
+        The parts set, a subset of `REDUCTION_PARTS`.
+    """
+    parts = set()
+    for override in overrides:
+        key = str(override).lstrip("+~").split("=", 1)[0].strip()
+        part = _PART_OF_KEY.get(key.split(".", 1)[0].split("@", 1)[0])
+        if part is not None:
+            parts.add(part)
+    return parts
+
+
+def combine_reduction(
+    configured: ReductionConfig, exported: ReductionConfig, overridden: Collection[str]
+) -> ReductionConfig:
+    """The exported folder's reduction setting, with the parts set on the command line taken from the config (pure).
+
+    Each part moves as a whole: the schedule with its shape parameters, the scorer with its parameters
+    (`decay`, `use_dt`, `normalize`, `seed`).
+
+    Args:
+        configured: the setting composed from `conf/eval.yaml` and the command line.
+        exported: the exported folder's `reduction.json`.
+        overridden: the parts the command line set (`overridden_reduction_parts`).
+
+    Returns:
+        The combined `ReductionConfig`.
+
+    Raises:
+        ValueError: when the combination is invalid (e.g. an exported schedule's parameters with another budget).
+    """
+    pick = {part: configured if part in overridden else exported for part in REDUCTION_PARTS}
+    scorer = pick["scorer"]
+    return ReductionConfig(
+        pick["schedule"].schedule,
+        pick["keep"].keep,
+        scorer.scorer,
+        min_tokens=pick["min_tokens"].min_tokens,
+        **pick["schedule"].schedule_params,
+        decay=scorer.decay,
+        use_dt=scorer.use_dt,
+        normalize=scorer.normalize,
+        seed=scorer.seed,
+    )

@@ -6,12 +6,19 @@ score each item, appending it to `items.jsonl` (`hpft.eval_runner`) -> `results.
     python -m hpft.evaluate                                     # tiny-omni on the synthetic needle grid
     python -m hpft.evaluate benchmark=videomme benchmark.root=/data/Video-MME model.path=/models/omni
     python -m hpft.evaluate ckpt=outputs/<run> schedule=none     # a training run, unreduced
+    python -m hpft.evaluate ckpt=exports/<name>                   # an exported folder, its reduction.json
+    python -m hpft.evaluate ckpt=exports/<name> keep=0.5          # ... with another budget
     python -m hpft.evaluate max_items=20 hydra.run.dir=outputs/eval/x   # then rerun without max_items: resumes
 
 The run folder (`hydra.run.dir`, default `outputs/eval/<benchmark>/<time>`) holds `config.yaml` (resolved),
 `items.jsonl`, `settings.json`, `results.json` (see `hpft.eval_runner.RESULT_KEYS`), `csv/` and `wandb/` (offline
 unless W&B credentials are configured), and for the needle benchmark its V-NIAH heatmap and grid. A config or
 data mistake exits with code 2 and one message listing every problem.
+
+An exported folder (`python -m hpft.export`) holds the reduction it was trained and evaluated with
+(`reduction.json`). With `reduction_from_ckpt=true` (default) it replaces the schedule, keep, scorer and
+min_tokens of `conf/eval.yaml`, except for the parts given on the command line (`schedule=...`, `schedule.p=...`,
+`keep=...`, `scorer=...`, `reduction.min_tokens=...`); `results.json` then names the file under `reduction_from`.
 """
 
 from __future__ import annotations
@@ -19,11 +26,13 @@ from __future__ import annotations
 import logging
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import hydra
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch import seed_everything
@@ -31,11 +40,20 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 import hpft.config_builders  # noqa: F401  (registers the ${hpft_root:} resolver before composition)
-from hpft.checkpoints import HF_FOLDER, LIGHTNING_FILE, checkpoint_kind, load_for_eval, run_config_for
+from hpft.checkpoints import (
+    HF_FOLDER,
+    LIGHTNING_FILE,
+    REDUCTION_PARTS,
+    checkpoint_kind,
+    combine_reduction,
+    load_for_eval,
+    overridden_reduction_parts,
+    run_config_for,
+)
 from hpft.config_checks import USAGE_EXIT_CODE, ConfigError, _cause, _model_config, check_budget, check_reduction
 from hpft.errors import UserInputError
 from hpft.eval_runner import BenchmarkSpec, evaluate_benchmark, load_items, metric_dict
-from hpft.models.loading import resolve_model_path
+from hpft.models.loading import REDUCTION_FILE, load_reduction_settings, resolve_model_path
 from hpft.run_report import write_config
 
 log = logging.getLogger(__name__)
@@ -62,12 +80,52 @@ def _check_ckpt(cfg: DictConfig) -> tuple[str | None, list[str]]:
     return kind, []
 
 
-def check_eval_config(cfg: DictConfig) -> tuple[Any, BenchmarkSpec | None, list[str]]:
+def _reduction_source(cfg: DictConfig, overrides: Sequence[str]) -> Path | None:
+    """The exported folder's `reduction.json` when it decides at least one part of the reduction, else None."""
+    ckpt = cfg.get("ckpt")
+    if ckpt is None or not cfg.get("reduction_from_ckpt", True) or checkpoint_kind(str(ckpt)) != HF_FOLDER:
+        return None
+    file = Path(str(ckpt)).expanduser().resolve() / REDUCTION_FILE
+    if not file.is_file() or overridden_reduction_parts(overrides) >= set(REDUCTION_PARTS):
+        return None
+    return file
+
+
+def _exported_reduction(cfg: DictConfig, reduction: Any, overrides: Sequence[str]) -> tuple[Any, list[str]]:
+    """`reduction` with an exported folder's `reduction.json` applied (see the module docstring)."""
+    source = _reduction_source(cfg, overrides)
+    if reduction is None or source is None:
+        return reduction, []
+    try:
+        exported = load_reduction_settings(source.parent)
+        combined = combine_reduction(reduction, exported, overridden_reduction_parts(overrides))
+    except (UserInputError, ValueError) as err:
+        return None, [f"ckpt={cfg.ckpt}: {err}"]
+    log.info("reduction from %s, command line's parts kept: %s", source, combined.as_dict())
+    return combined, []
+
+
+def _command_line(cfg: DictConfig, overrides: Sequence[str] | None) -> list[str]:
+    """The overrides given on the command line (`hydra.overrides.task` when composed with the Hydra node)."""
+    if overrides is not None:
+        return list(overrides)
+    return list(OmegaConf.select(cfg, "hydra.overrides.task", default=None) or [])
+
+
+def check_eval_config(
+    cfg: DictConfig, overrides: Sequence[str] | None = None
+) -> tuple[Any, BenchmarkSpec | None, list[str]]:
     """Run every startup check on a composed eval config (nothing heavy: no weights, no videos decoded).
 
     Checks the reduction (keep in (0, 1], schedule/scorer), the benchmark node (fields, its module, its root),
     the model folder, the checkpoint's form, `max_items`, and that the budget is reachable at the benchmark's
-    frame count.
+    frame count. For an exported folder with `reduction.json` (and `reduction_from_ckpt`), the returned reduction
+    is its setting with the command line's parts applied.
+
+    Args:
+        cfg: the composed `conf/eval.yaml`.
+        overrides: the command-line overrides (which reduction parts the user set); None reads
+            `hydra.overrides.task` from `cfg` when present, else none.
 
     Returns:
         `(ReductionConfig or None, BenchmarkSpec or None, every problem found)`.
@@ -90,6 +148,9 @@ def check_eval_config(cfg: DictConfig) -> tuple[Any, BenchmarkSpec | None, list[
                 problems.append(str(err))
     kind, ckpt_problems = _check_ckpt(cfg)
     problems += ckpt_problems
+    if kind == HF_FOLDER:
+        reduction, reduction_problems = _exported_reduction(cfg, reduction, _command_line(cfg, overrides))
+        problems += reduction_problems
     model_config = None
     if kind != HF_FOLDER:  # an exported folder replaces model.path
         model_config, model_problems = _model_config(cfg)
@@ -131,14 +192,19 @@ def format_results(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def evaluate(cfg: DictConfig) -> dict[str, Any]:
+def evaluate(cfg: DictConfig, overrides: Sequence[str] | None = None) -> dict[str, Any]:
     """Run one evaluation from a composed config; returns the results also written to `results.json`.
+
+    Args:
+        cfg: the composed `conf/eval.yaml`.
+        overrides: the command-line overrides, to tell which reduction parts the user set when `ckpt` is an
+            exported folder (see `check_eval_config`).
 
     Raises:
         EvalConfigError: listing every invalid setting (checked before the model is loaded).
         UserInputError: a problem in the data or checkpoint found later (missing videos, mismatched weights).
     """
-    reduction, spec, problems = check_eval_config(cfg)
+    reduction, spec, problems = check_eval_config(cfg, overrides)
     if problems:
         raise EvalConfigError(problems)
     output_dir = Path(cfg.paths.output_dir)
@@ -155,6 +221,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "model": resolve_model_path(str(vlm.config._name_or_path or cfg.model.get("path"))),
         "ckpt": None if ckpt is None else str(Path(str(ckpt)).expanduser().resolve()),
     }
+    source = _reduction_source(cfg, _command_line(cfg, overrides))
+    if source is not None:  # only then: eval folders written before exports existed still resume
+        settings["reduction_from"] = str(source)
     log.info("evaluating %s on %s under %s", settings, spec.name, reduction.as_dict())
     loggers = _nodes(cfg.get("logger"))
     try:
@@ -202,7 +271,7 @@ def main(cfg: DictConfig) -> Any:
     global _TASK_STARTED
     _TASK_STARTED = True
     try:
-        results = evaluate(cfg)
+        results = evaluate(cfg, overrides=list(HydraConfig.get().overrides.task))
     except (ConfigError, UserInputError) as err:  # the user can fix these: the message, not a traceback
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(USAGE_EXIT_CODE)

@@ -1,20 +1,35 @@
-"""Load a video VLM and its tokenizer from a local folder or the local Hugging Face cache, never the network."""
+"""Load a video VLM, its tokenizer and its reduction settings from a local folder or the HF cache, never the network.
+
+A folder written by `python -m hpft.export` is a normal model folder (`config.json` + weights), or a PEFT adapter
+folder (`adapter_config.json` naming the base model; transformers loads the base and applies the adapter), and
+holds `reduction.json`: the token-reduction settings the model was trained and evaluated with
+(`load_reduction_settings`).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-__all__ = ["TINY_OMNI_DIR", "load_vlm", "resolve_model_path"]
+from hpft.errors import UserInputError
+
+if TYPE_CHECKING:
+    from hpft.reduction import ReductionConfig
+
+__all__ = ["REDUCTION_FILE", "TINY_OMNI_DIR", "load_reduction_settings", "load_vlm", "resolve_model_path"]
 
 log = logging.getLogger(__name__)
 
 # The embedded default, shipped in the repository (an editable install keeps hpft/ next to data/).
 TINY_OMNI_DIR = Path(__file__).resolve().parents[2] / "data" / "tiny-omni"
 _BUILD_TINY = "python -m hpft.models.tiny_omni --out data/tiny-omni"
+REDUCTION_FILE = "reduction.json"
+"""The reduction settings of an exported model folder (`ReductionConfig.as_dict()`, written by `hpft.export`)."""
 
 
 def resolve_model_path(path: str | os.PathLike[str]) -> str:
@@ -66,7 +81,9 @@ def load_vlm(
     if not local and (os.path.isabs(source) or source.startswith((".", "~")) or source.count("/") > 1):
         hint = f" Build the embedded model with `{_BUILD_TINY}`." if "tiny-omni" in source else ""
         raise FileNotFoundError(f"model folder not found: {source}.{hint}")
-    if local and not (Path(source) / "config.json").is_file():
+    # An adapter folder (`hpft.export merge=false`) has no config.json: transformers reads the base model from
+    # its adapter_config.json and applies the adapter (LoRA + trained projector) on top.
+    if local and not any((Path(source) / name).is_file() for name in ("config.json", "adapter_config.json")):
         raise FileNotFoundError(
             f"{source} is a folder but holds no config.json: not a Hugging Face model folder. "
             + (f"Rebuild the embedded model with `{_BUILD_TINY}`." if Path(source) == TINY_OMNI_DIR else "")
@@ -93,3 +110,43 @@ def load_vlm(
     if hasattr(model, "video_pruning_rate"):
         model.video_pruning_rate = 0.0  # the model copies the config value at init and reads its own copy
     return model.eval(), tokenizer
+
+
+def load_reduction_settings(path: str | os.PathLike[str]) -> ReductionConfig | None:
+    """The token-reduction settings stored with a model (`reduction.json`), or None when it has none.
+
+    Args:
+        path: a model folder (e.g. written by `python -m hpft.export`), `"tiny-omni"`, or a hub id whose files are
+            in the local Hugging Face cache (never downloaded).
+
+    Returns:
+        `ReductionConfig(**json)`, or None when the model has no `reduction.json`.
+
+    Raises:
+        UserInputError: naming the file when it is not a JSON object of valid `ReductionConfig` fields.
+    """
+    from hpft.reduction import ReductionConfig
+
+    source = resolve_model_path(path)
+    if Path(source).is_dir():
+        file = Path(source) / REDUCTION_FILE
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            cached = try_to_load_from_cache(source, REDUCTION_FILE)
+        except ValueError:  # not a valid repo id either: nothing stored
+            return None
+        file = Path(cached) if isinstance(cached, str) else None
+    if file is None or not file.is_file():
+        return None
+    try:
+        fields = json.loads(file.read_text(encoding="utf-8"))
+        if not isinstance(fields, dict):
+            raise ValueError(f"expected a JSON object, got {type(fields).__name__}")
+        return ReductionConfig(**fields)
+    except (ValueError, TypeError) as err:  # JSONDecodeError is a ValueError; TypeError: a non-string key
+        raise UserInputError(
+            f"{file} does not hold valid reduction settings ({err}); fix or delete it, or evaluate with "
+            "reduction_from_ckpt=false"
+        ) from None
