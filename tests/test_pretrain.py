@@ -47,6 +47,8 @@ def test_pretrain_resumes_where_it_stopped(tmp_path, tiny_omni):
     second = pretrain(vlm, tokenizer, tmp_path, longer, batch_size=2, eval_every=1, eval_items=4, log=lines.append)
     assert any("resumed at step 2" in line for line in lines)
     assert second["steps"] == 3 and [s["name"] for s in second["stages"]] == ["one", "two"]
+    third = pretrain(vlm, tokenizer, tmp_path, longer, batch_size=2, eval_items=4, log=lines.append)
+    assert third["steps"] == 3 and "curriculum complete" in lines[-1]
 
 
 def test_time_budget_stops_mid_curriculum_and_says_where(tmp_path, tiny_omni):

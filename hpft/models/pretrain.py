@@ -206,7 +206,8 @@ def pretrain(
         vlm.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         state = saved["state"]
-        log(f"resumed at step {state['step']} (stage {curriculum[state['stage']].name})")
+        where = curriculum[state["stage"]].name if state["stage"] < len(curriculum) else "curriculum complete"
+        log(f"resumed at step {state['step']} ({where})")
     vlm.train()
     log_file = (out_dir / "pretrain_log.jsonl").open("a")
     start = time.time() - state["seconds"]
