@@ -16,12 +16,13 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from hpft.errors import UserInputError
 from hpft.reduction import ReductionConfig, plan_counts
 
 USAGE_EXIT_CODE = 2
 
 
-class ConfigError(ValueError):
+class ConfigError(UserInputError):
     """Every problem found in a composed config, formatted as one message."""
 
     def __init__(self, problems: list[str]) -> None:

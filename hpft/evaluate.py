@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -50,7 +49,8 @@ from hpft.checkpoints import (
     overridden_reduction_parts,
     run_config_for,
 )
-from hpft.config_checks import USAGE_EXIT_CODE, ConfigError, _cause, _model_config, check_budget, check_reduction
+from hpft.cli import exits_on_user_error, run
+from hpft.config_checks import ConfigError, _cause, _model_config, check_budget, check_reduction
 from hpft.errors import UserInputError
 from hpft.eval_runner import BenchmarkSpec, evaluate_benchmark, load_items, metric_dict
 from hpft.models.loading import REDUCTION_FILE, load_reduction_settings, resolve_model_path
@@ -262,27 +262,13 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] | None = None) -> dict[st
     return results
 
 
-_TASK_STARTED = False
-
-
 @hydra.main(config_path="../conf", config_name="eval", version_base="1.3")
+@exits_on_user_error
 def main(cfg: DictConfig) -> Any:
     """Hydra task: `evaluate(cfg)`; a config or data error prints one message and exits with code 2."""
-    global _TASK_STARTED
-    _TASK_STARTED = True
-    try:
-        results = evaluate(cfg, overrides=list(HydraConfig.get().overrides.task))
-    except (ConfigError, UserInputError) as err:  # the user can fix these: the message, not a traceback
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.exit(USAGE_EXIT_CODE)
+    results = evaluate(cfg, overrides=list(HydraConfig.get().overrides.task))
     return results.get("acc")
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except SystemExit as exit_:
-        # Hydra exits 1 for composition errors (`benchmark=bogus`, a misspelt key): config errors too, so 2.
-        if exit_.code == 1 and not _TASK_STARTED:
-            sys.exit(USAGE_EXIT_CODE)
-        raise
+    run(main)

@@ -36,7 +36,6 @@ import logging
 import os
 import re
 import shutil
-import sys
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -50,7 +49,8 @@ from omegaconf import DictConfig, OmegaConf
 
 import hpft.config_builders  # noqa: F401  (registers the ${hpft_root:} resolver used by run configs)
 from hpft.checkpoints import load_trained, run_config_for
-from hpft.config_checks import USAGE_EXIT_CODE, _model_config
+from hpft.cli import exits_on_user_error, run
+from hpft.config_checks import _model_config
 from hpft.errors import UserInputError
 from hpft.model_card import model_card
 from hpft.models.loading import REDUCTION_FILE, resolve_model_path
@@ -576,26 +576,12 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
     return {"out": str(out), "files": files, "pushed": push_to}
 
 
-_TASK_STARTED = False
-
-
 @hydra.main(config_path="../conf", config_name="export", version_base="1.3")
+@exits_on_user_error
 def main(cfg: DictConfig) -> Any:
     """Hydra task: `run_export(cfg)`; a settings or input error prints one message and exits with code 2."""
-    global _TASK_STARTED
-    _TASK_STARTED = True
-    try:
-        return run_export(cfg)["out"]
-    except UserInputError as err:  # the user can fix these: the message, not a traceback
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.exit(USAGE_EXIT_CODE)
+    return run_export(cfg)["out"]
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except SystemExit as exit_:
-        # Hydra exits 1 for composition errors (a misspelt key): settings errors too, so 2.
-        if exit_.code == 1 and not _TASK_STARTED:
-            sys.exit(USAGE_EXIT_CODE)
-        raise
+    run(main)

@@ -18,7 +18,6 @@ A config mistake exits with code 2 and one message listing every problem.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -33,8 +32,8 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 import hpft.config_builders  # noqa: F401  (registers the ${hpft_root:} resolver before composition)
-from hpft.config_checks import USAGE_EXIT_CODE, ConfigError, check_config
-from hpft.errors import UserInputError
+from hpft.cli import exits_on_user_error, run
+from hpft.config_checks import ConfigError, check_config
 from hpft.run_report import format_table, run_metrics, write_config, write_metrics
 from hpft.sweeps import ddp_launch_problems, in_multirun, publish_summary, release_master_port, sweep_group
 
@@ -108,29 +107,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-_TASK_STARTED = False
-
-
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+@exits_on_user_error
 def main(cfg: DictConfig) -> Any:
     """Hydra task: `train(cfg)`; a config error prints one message and exits with code 2."""
-    global _TASK_STARTED
-    _TASK_STARTED = True
-    try:
-        metrics = train(cfg)
-    except (ConfigError, UserInputError) as err:  # the user can fix these: the message, not a traceback
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.exit(USAGE_EXIT_CODE)
+    metrics = train(cfg)
     key = cfg.get("optimized_metric")
     return metrics if key is None else metrics[key]
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except SystemExit as exit_:
-        # Hydra exits 1 for composition errors too (unknown option `schedule=bogus`, unknown key `kepp=0.3`);
-        # it has printed the message and the choices. Those are config errors as well: exit 2, like ours.
-        if exit_.code == 1 and not _TASK_STARTED:
-            sys.exit(USAGE_EXIT_CODE)
-        raise
+    run(main)
