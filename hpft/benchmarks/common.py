@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,6 +198,27 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     if not isinstance(rows, list):
         raise UserInputError(f"annotation file {path} must hold a list of records, got {type(rows).__name__}")
     return rows
+
+
+def collect_items(path: Path, to_item: Callable[[dict[str, Any], int], Item]) -> tuple[list[Item], list[Skip]]:
+    """Turn every row of an annotation file into an `Item`, or into a reported `Skip` when it is malformed.
+
+    Args:
+        path: The annotation file (read with `read_rows`).
+        to_item: Builds the item of one row (`row`, row index); raises `RowError` for a bad or missing field.
+
+    Returns:
+        `(items, skipped)`, both in file order.
+    """
+    items, skipped = [], []
+    for i, row in enumerate(read_rows(path)):
+        try:
+            if not isinstance(row, dict):
+                raise RowError(None, f"expected a record, got {type(row).__name__}")
+            items.append(to_item(row, i))
+        except RowError as err:
+            skipped.append(Skip(str(path), i, err.field, err.reason))
+    return items, skipped
 
 
 def require_str(row: dict[str, Any], name: str, allow_empty: bool = False) -> str:

@@ -35,9 +35,9 @@ from hpft.benchmarks.common import (
     LoadResult,
     RowError,
     Skip,
+    collect_items,
     find_video,
     log_skips,
-    read_rows,
     require_options,
     require_root,
     require_str,
@@ -89,33 +89,28 @@ def _to_item(row: dict[str, Any], index: int, video_key: str, task_type: str, vi
 
 
 def _load_parquet(base: Path, path: Path) -> tuple[list[Item], list[Skip]]:
-    items, skipped = [], []
-    for i, row in enumerate(read_rows(path)):
-        try:
-            if not isinstance(row, dict):
-                raise RowError(None, f"expected a record, got {type(row).__name__}")
-            name = require_str(row, "video_name")
-            task_type = require_str(row, "task_type")
-            video = find_video(base, name) or find_video(base / "video", name)
-            items.append(_to_item(row, i, "video_name", task_type, video, f"{base / name}, {base / 'video' / name}"))
-        except RowError as err:
-            skipped.append(Skip(str(path), i, err.field, err.reason))
-    return items, skipped
+    def to_item(row: dict, i: int) -> Item:
+        name = require_str(row, "video_name")
+        task_type = require_str(row, "task_type")
+        video = find_video(base, name) or find_video(base / "video", name)
+        return _to_item(row, i, "video_name", task_type, video, f"{base / name}, {base / 'video' / name}")
+
+    return collect_items(path, to_item)
 
 
 def _load_json(base: Path, files: list[Path]) -> tuple[list[Item], list[Skip]]:
     items, skipped = [], []
     for path in files:
         task_type = _JSON_TASK.fullmatch(path.name).group(2)
-        for i, row in enumerate(read_rows(path)):
-            try:
-                if not isinstance(row, dict):
-                    raise RowError(None, f"expected a record, got {type(row).__name__}")
-                name = require_str(row, "video")
-                video = find_video(base / "video" / path.stem, name)
-                items.append(_to_item(row, i, "video", task_type, video, str(base / "video" / path.stem / name)))
-            except RowError as err:
-                skipped.append(Skip(str(path), i, err.field, err.reason))
+        folder = base / "video" / path.stem
+
+        def to_item(row: dict, i: int, task_type: str = task_type, folder: Path = folder) -> Item:
+            name = require_str(row, "video")
+            return _to_item(row, i, "video", task_type, find_video(folder, name), str(folder / name))
+
+        found, bad = collect_items(path, to_item)
+        items += found
+        skipped += bad
     return items, skipped
 
 

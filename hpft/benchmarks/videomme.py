@@ -34,11 +34,10 @@ from hpft.benchmarks.common import (
     Item,
     LoadResult,
     RowError,
-    Skip,
+    collect_items,
     find_file,
     find_video,
     log_skips,
-    read_rows,
     require_options,
     require_root,
     require_str,
@@ -121,14 +120,7 @@ def load(root: str | os.PathLike[str]) -> LoadResult:
     """
     base = require_root(root, "Video-MME", LAYOUT)
     path = find_file(base, (ANNOTATION, "videomme/test-*.parquet"), "Video-MME", LAYOUT)
-    items, skipped = [], []
-    for i, row in enumerate(read_rows(path)):
-        try:
-            if not isinstance(row, dict):
-                raise RowError(None, f"expected a record, got {type(row).__name__}")
-            items.append(_row_to_item(row, i, base))
-        except RowError as err:
-            skipped.append(Skip(str(path), i, err.field, err.reason))
+    items, skipped = collect_items(path, lambda row, i: _row_to_item(row, i, base))
     result = LoadResult(items, skipped, str(base))
     log_skips("Video-MME", result)
     return result
