@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install '$(TORCH_SPEC)'
-	$(PIP) install -e '.[dev,slurm,optuna]'
+	$(PIP) install -e '.[dev,slurm,optuna,deepspeed]'
 	@touch $@
 
 train: venv ## Finetune the embedded tiny-omni model under the default reduction (low_to_high, keep 25%).

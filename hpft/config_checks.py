@@ -162,13 +162,15 @@ def check_run(cfg: DictConfig) -> list[str]:
     if ckpt_path == "last":
         ckpt_dir = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath", default=None)
         last = Path(str(ckpt_dir or Path(cfg.paths.output_dir) / "checkpoints")) / "last.ckpt"
-        if not last.is_file():
+        if not last.exists():  # a file, or the folder of shards that strategy=deepspeed_* writes
             problems.append(
                 f"ckpt_path=last but {last} does not exist; resume inside the old run folder: "
                 "`python -m hpft.train hydra.run.dir=outputs/<run> ckpt_path=last`, or pass ckpt_path=<file>"
             )
-    elif ckpt_path is not None and not Path(str(ckpt_path)).is_file():
-        problems.append(f"ckpt_path={ckpt_path} is not a file; pass a .ckpt file, `last` or null")
+    elif ckpt_path is not None and not Path(str(ckpt_path)).exists():
+        problems.append(
+            f"ckpt_path={ckpt_path} does not exist; pass a .ckpt file (a .ckpt folder for DeepSpeed), `last` or null"
+        )
     return problems
 
 

@@ -182,6 +182,8 @@ def consolidate_deepspeed(checkpoint_dir: str | os.PathLike[str], output_file: s
             f"ckpt={checkpoint_dir} is a DeepSpeed (ZeRO) checkpoint; consolidating its shards needs deepspeed, "
             f"which is not installed: {DEEPSPEED_HINT}"
         )
+    if not torch.cuda.is_available():  # DeepSpeed probes for CUDA at import; say CPU up front (no warnings)
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
 
     convert_zero_checkpoint_to_fp32_state_dict(checkpoint_dir, output_file)

@@ -28,6 +28,8 @@ from hpft.peft_setup import set_frozen_eval
 from hpft.reduction.config import ReductionConfig
 from hpft.reduction.engine import reduced_forward
 from hpft.reduction.vlm import embed_video_prompt, reduced_vlm_forward
+from hpft.reduction.weights import fsdp_unsharded
+from hpft.strategies import shard_decoder_blocks
 
 _ADAPTER_ONLY_KEY = "hpft_adapter_only"
 _FULL = ReductionConfig(schedule="none")
@@ -131,6 +133,22 @@ class HybridVLMModule(LightningModule):
         """
         self.train()
 
+    def configure_model(self) -> None:
+        """Under `strategy=fsdp2` (`ModelParallelStrategy`): FSDP2-shard each decoder block, then this module.
+
+        This module (not only the VLM) is the root unit: training calls `self(batch)`, so the root's forward hooks
+        gather the non-block weights (vision tower, projector, embeddings, LM head) and register their gradient
+        reduce-scatter, although the engine runs the VLM's parts one by one. Other strategies: nothing to do.
+        """
+        mesh = self._device_mesh
+        if mesh is None or getattr(self, "_fsdp_sharded", False):
+            return
+        from torch.distributed.fsdp import fully_shard
+
+        shard_decoder_blocks(self.model, mesh, root=False)
+        fully_shard(self, mesh=mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh)
+        self._fsdp_sharded = True
+
     # -- shared step -----------------------------------------------------------------------------------------
 
     def forward(self, batch: Mapping, config: ReductionConfig | None = None):
@@ -195,7 +213,8 @@ class HybridVLMModule(LightningModule):
         loss = self._shared_step(batch, stage)
         modes = [("acc", self.reduction)] + ([("acc_full", _FULL)] if self.eval_full else [])
         for name, config in modes:
-            choices, _ = score_options(self.model, batch, config, normalize=self.normalize)
+            with fsdp_unsharded(self):  # FSDP2: the root's weights, gathered outside `self(batch)`
+                choices, _ = score_options(self.model, batch, config, normalize=self.normalize)
             answers = batch["answer_index"].tolist()
             self._records.setdefault(name, []).extend(zip(choices.tolist(), answers, batch["kind"]))
         if batch_idx == 0:
@@ -240,6 +259,10 @@ class HybridVLMModule(LightningModule):
         The vision tower and projector run once outside the timing (reduction does not change them); each prefill
         computes the last position's logits only, as generation does.
         """
+        with fsdp_unsharded(self):
+            return self._prefill_speedup(batch)
+
+    def _prefill_speedup(self, batch: Mapping) -> float:
         embeds, visual_mask = embed_video_prompt(self.model, batch["input_ids"], batch["pixel_values_videos"])
         args = (embeds, visual_mask, batch["query_mask"])
         times = []
@@ -282,8 +305,8 @@ class HybridVLMModule(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse an adapter-only checkpoint that misses a trainable parameter of this model (other LoRA targets)."""
-        if not checkpoint.get(_ADAPTER_ONLY_KEY):
-            return
+        if not checkpoint.get(_ADAPTER_ONLY_KEY) or "state_dict" not in checkpoint:
+            return  # a DeepSpeed checkpoint: its engine restores the weights from the shards itself
         missing = sorted(self.trainable_keys() - set(checkpoint["state_dict"]))
         if missing:
             raise KeyError(f"adapter-only checkpoint lacks {len(missing)} trainable parameters, e.g. {missing[:3]}")

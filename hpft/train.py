@@ -29,6 +29,7 @@ from hydra.utils import instantiate
 from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 import hpft.config_builders  # noqa: F401  (registers the ${hpft_root:} resolver before composition)
@@ -67,7 +68,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         sweep_group(cfg)
         release_master_port()
     output_dir = Path(cfg.paths.output_dir)
-    write_config(output_dir, cfg)
+    if rank_zero_only.rank == 0:  # ranks started by `ddp`/`deepspeed_*` re-run this function in the same folder
+        write_config(output_dir, cfg)
     log.info("run folder: %s; reduction: %s", output_dir, reduction.as_dict())
     seed_everything(cfg.seed, workers=True)
     if cfg.get("cpu_threads"):

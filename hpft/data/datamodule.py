@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from hpft.data.collate import VideoQACollator
 from hpft.data.prompts import LETTERS, encode_example, option_token_ids
@@ -188,17 +188,30 @@ class NeedleQADataset(Dataset):
         }
 
 
-class ResumableSampler(Sampler[int]):
-    """Seeded shuffling whose order depends only on (seed, epoch), and which can start mid-epoch.
+class ResumableSampler(DistributedSampler):
+    """Seeded shuffling whose order depends only on (seed, epoch), sharded over ranks, able to start mid-epoch.
+
+    Each epoch's order is one permutation of the dataset (the same for every rank count); rank `r` of `n` takes
+    positions `r, r + n, r + 2n, ...` (the permutation padded by wrapping around so that every rank gets
+    `ceil(size / n)` indices, as `DistributedSampler` does). With per-rank batch `b`, step `i` therefore trains on
+    positions `[i*b*n, (i+1)*b*n)` of the permutation across all ranks: the same samples a single process with
+    batch `b*n` sees at step `i`, which is what makes a DDP run comparable to a single-process one.
 
     Lightning calls `set_epoch` before each epoch. On a resume, the first epoch iterated is `start_epoch` and its
-    first `skip` indices (the batches already trained on) are skipped once, so a resumed run sees exactly the
-    batches an uninterrupted run would.
+    first `skip` indices *of this rank* (the batches already trained on) are skipped once, so a resumed run sees
+    exactly the batches an uninterrupted run would. Being a `DistributedSampler`, Lightning does not wrap it again.
     """
 
-    def __init__(self, size: int, seed: int, start_epoch: int = 0, skip: int = 0) -> None:
+    def __init__(
+        self, size: int, seed: int, start_epoch: int = 0, skip: int = 0, num_replicas: int = 1, rank: int = 0
+    ) -> None:
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank={rank} must be in [0, num_replicas={num_replicas})")
+        # DistributedSampler's own state is not used for ordering; it only needs a sized dataset and the ranks.
+        super().__init__(range(size), num_replicas=num_replicas, rank=rank, shuffle=False, seed=seed)
         self.size, self.seed = size, seed
         self.epoch, self._skip_epoch, self._skip = start_epoch, start_epoch, skip
+        self.per_rank = -(-size // num_replicas)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order the next iteration yields."""
@@ -206,12 +219,16 @@ class ResumableSampler(Sampler[int]):
 
     def __iter__(self):
         order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+        total = self.per_rank * self.num_replicas
+        if total > self.size:  # wrap around so that every rank yields the same number of indices
+            order = torch.cat([order, order[: total - self.size]])
+        mine = order[self.rank : total : self.num_replicas]
         skip = self._skip if self.epoch == self._skip_epoch else 0
         self._skip = 0  # only the resumed epoch is shortened, and only once
-        return iter(order[skip:].tolist())
+        return iter(mine[skip:].tolist())
 
     def __len__(self) -> int:
-        return self.size
+        return self.per_rank
 
 
 class NeedleDataModule(LightningDataModule):
@@ -376,12 +393,16 @@ class NeedleDataModule(LightningDataModule):
         `accumulate_grad_batches` batches, that fixes the epoch and the batch inside it.
         """
         trainer = self.trainer
-        batches_done = 0
+        batches_done, world, rank = 0, 1, 0
         if trainer is not None:
             batches_done = trainer.global_step * getattr(trainer, "accumulate_grad_batches", 1)
-        per_epoch = -(-size // self.batch_size)
+            world, rank = getattr(trainer, "world_size", 1), getattr(trainer, "global_rank", 0)
+        per_rank = -(-size // world)  # indices each rank draws per epoch (ResumableSampler pads by wrapping)
+        per_epoch = -(-per_rank // self.batch_size)
         epoch, batch = divmod(batches_done, per_epoch)
-        return ResumableSampler(size, self.seed, start_epoch=epoch, skip=batch * self.batch_size)
+        return ResumableSampler(
+            size, self.seed, start_epoch=epoch, skip=batch * self.batch_size, num_replicas=world, rank=rank
+        )
 
     def _loader(self, part: str, shuffle: bool) -> DataLoader:
         if part not in self.datasets:

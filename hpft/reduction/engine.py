@@ -21,6 +21,7 @@ from hpft.reduction import scoring
 from hpft.reduction.adapters.nemotron_h import NemotronHAdapter
 from hpft.reduction.config import QUERY_AGNOSTIC, ReductionConfig
 from hpft.reduction.schedule import ScheduleCounts, schedule_counts
+from hpft.reduction.weights import full_parameters
 
 IGNORE_INDEX = -100
 
@@ -245,7 +246,7 @@ def reduced_forward(
         wanted = plan.counts[b + 1] if b + 1 < num_blocks else state.num_visual
         scores = None
         if wanted < state.num_visual:
-            with torch.no_grad():
+            with torch.no_grad(), full_parameters(adapter.blocks[b]):
                 scores = _score(adapter, b, hidden, state, config)
         hidden = adapter.run_block(b, hidden, masks, state.position_ids, cache)
         if scores is not None:

@@ -2,8 +2,55 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
+
+
+@contextmanager
+def full_parameters(module: nn.Module) -> Iterator[nn.Module]:
+    """Make `module`'s own weights whole for reading inside the block, when a sharding strategy split them.
+
+    Scores read a block's weights before the block runs, i.e. outside its forward hooks, which is where ZeRO-3
+    and FSDP2 gather shards. Without sharding this is a no-op.
+
+    - DeepSpeed ZeRO-3 (parameters carry `ds_status`): `deepspeed.zero.GatheredParameters`, read-only.
+    - FSDP2 (`fully_shard`ed module): see `fsdp_unsharded`.
+    """
+    params = list(module.parameters())
+    if any(hasattr(p, "ds_status") for p in params):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            yield module
+        return
+    with fsdp_unsharded(module):
+        yield module
+
+
+@contextmanager
+def fsdp_unsharded(module: nn.Module) -> Iterator[nn.Module]:
+    """For an FSDP2 (`fully_shard`ed) module: `unshard()` its own parameter group on entry, `reshard()` on exit.
+
+    Read-only use (scores, no-grad evaluation): gradients of parameters used this way are not reduce-scattered.
+    Nested FSDP units (e.g. decoder blocks inside the root) gather themselves in their own forward. A no-op for
+    any other module.
+    """
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - torch builds without distributed
+        yield module
+        return
+    if not isinstance(module, FSDPModule):
+        yield module
+        return
+    module.unshard()
+    try:
+        yield module
+    finally:
+        module.reshard()
 
 
 def effective_linear(module: nn.Module, rows: slice | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
