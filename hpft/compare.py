@@ -1,12 +1,15 @@
-"""Entry point `python -m hpft.compare`: a table and an accuracy/speedup Pareto plot of training runs.
+"""Entry point `python -m hpft.compare`: a table and an accuracy/speedup Pareto plot of training and evaluation runs.
 
     python -m hpft.compare --runs multirun/2026-01-01_12-00-00 --out reports/sweep    # a sweep's run folders
     python -m hpft.compare --runs outputs/run1 --runs outputs/run2 --out reports/two  # single runs
+    python -m hpft.compare --runs multirun/claims/budget/<time> --out reports/budget  # hpft.evaluate runs
     python -m hpft.compare --project me/hpft --group schedule-shape --out reports/w  # online W&B runs
 
-Writes `comparison.md`, `comparison.csv` and `pareto.png` into `--out` and prints the table. Offline W&B runs
-live inside their run folders, next to the `metrics.json` that `--runs` reads. A run that lacks a metric gets a
-blank cell; a missing or empty folder, or an unreachable project, exits with code 2 and one message.
+Writes `comparison.md`, `comparison.csv` and `pareto.png` into `--out` and prints the table. `--runs` reads
+training runs' `metrics.json` and `python -m hpft.evaluate` runs' `results.json` (an evaluation's prefill speedup
+and unreduced accuracy come from the unreduced evaluation of the same data among the runs read; see
+`hpft.comparison`). Offline W&B runs live inside the run folders. A run that lacks a metric gets a blank cell; a
+missing or empty folder, or an unreachable project, exits with code 2 and one message.
 """
 
 from __future__ import annotations
@@ -25,14 +28,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options (argparse exits 2 on a usage error)."""
     parser = argparse.ArgumentParser(
         prog="python -m hpft.compare",
-        description="Tabulate hpft training runs and plot accuracy against prefill speedup.",
+        description="Tabulate hpft training and evaluation runs and plot accuracy against prefill speedup.",
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--runs",
         action="append",
         metavar="DIR",
-        help="a run folder, or a multirun folder searched recursively for metrics.json (repeatable)",
+        help="a run folder, or a multirun folder searched recursively for metrics.json (training) and "
+        "results.json (hpft.evaluate) (repeatable)",
     )
     source.add_argument("--project", metavar="ENTITY/PROJECT", help="read the runs of a W&B project instead")
     parser.add_argument("--group", help="with --project: only the runs of this W&B group (one sweep)")

@@ -1,9 +1,18 @@
-"""Tabulate training runs side by side and plot their accuracy against prefill speedup (`python -m hpft.compare`).
+"""Tabulate runs side by side and plot their accuracy against prefill speedup (`python -m hpft.compare`).
 
 A run is one flat record: `run` (its name), `schedule`, `keep`, `scorer` and the metric keys of `metrics.json`
 (`hpft.run_report`). Records come from run folders (`load_run_folders`: a run folder, or a multirun folder
-searched recursively for `metrics.json`; offline W&B runs live inside those folders) or from a W&B project
-(`load_wandb_runs`: each run's summary and config through the public API).
+searched recursively; offline W&B runs live inside those folders) or from a W&B project (`load_wandb_runs`: each
+run's summary and config through the public API).
+
+Run folders are training runs (`metrics.json`) or evaluation runs of `python -m hpft.evaluate` (`results.json`,
+`hpft.eval_runner.RESULT_KEYS`). An evaluation becomes the same kind of row (`eval_record`): its accuracy as
+`val/<bench>/acc` (and `val/<bench>/acc/<kind>` per question kind), `reduction/realised_keep`, `perf/prefill_s`.
+It measures no unreduced reference itself, so `attach_unreduced` takes `val/<bench>/acc_full` and
+`perf/prefill_speedup` from the unreduced evaluation of the same benchmark data, model and checkpoint when one
+is among the runs read (blank otherwise). transformers' EVS runs (`video_pruning_rate > 0`) show as schedule and
+scorer `evs` with keep `1 - rate`. A `results.json` inside a training run's folder (the in-training benchmark
+callback's) is not a run of its own.
 
 `comparison_frame` turns records into the table (one row per run; blank where a run lacks a metric),
 `markdown_table` renders it, `pareto_front` marks the runs no other run beats on both accuracy and speed, and
@@ -32,6 +41,8 @@ SPEEDUP = "perf/prefill_speedup"
 _SCORE = re.compile(r"^val/[^/]+/acc")  # val/<bench>/acc, acc_full and their breakdowns (acc/<kind>)
 _HEADLINE = re.compile(r"^val/[^/]+/acc$")  # the reduced accuracy of a benchmark
 METRICS_FILE = "metrics.json"
+RESULTS_FILE = "results.json"  # an `hpft.evaluate` run
+PREFILL_S = "perf/prefill_s"
 
 
 @dataclass(frozen=True)
@@ -129,24 +140,43 @@ def make_record(name: str, metrics: Mapping[str, Any], config: Mapping[str, Any]
     return record
 
 
+def _in_training_run(file: Path, root: Path) -> bool:
+    """Whether a `results.json` sits in a training run's folder tree (from `root` down): the benchmark callback's."""
+    for folder in (file.parent, *file.parent.parents):
+        if (folder / METRICS_FILE).is_file() or (folder / "checkpoints").is_dir():
+            return True
+        if folder == root:
+            break
+    return False
+
+
 def find_metrics_files(paths: Sequence[str | Path]) -> list[Path]:
-    """Every `metrics.json` under `paths` (a run folder, a multirun folder searched recursively, or the file).
+    """Every run file under `paths`: training runs' `metrics.json` and evaluation runs' `results.json`.
+
+    A path is a run folder, a multirun folder searched recursively, or the file itself. A `results.json` inside a
+    training run's folder (the in-training benchmark callback's) is left out.
 
     Raises:
-        UserInputError: a path that does not exist, or no `metrics.json` under any of them.
+        UserInputError: a path that does not exist, or no run file under any of them.
     """
     missing = [str(p) for p in paths if not Path(p).exists()]
     if missing:
         raise UserInputError(f"--runs: no such folder: {', '.join(missing)}")
     found: dict[Path, None] = {}  # ordered set: overlapping --runs list a run once
     for path in map(Path, paths):
-        files = [path] if path.is_file() else sorted(path.rglob(METRICS_FILE))
+        if path.is_file():
+            files = [path]
+        else:
+            root = path.resolve()
+            results = [f for f in path.rglob(RESULTS_FILE) if not _in_training_run(f.resolve(), root)]
+            files = sorted([*path.rglob(METRICS_FILE), *results])
         for file in files:
             found.setdefault(file.resolve())
     if not found:
         raise UserInputError(
-            f"--runs: no {METRICS_FILE} under {', '.join(map(str, paths))}. Pass run folders of `python -m hpft.train` "
-            "or multirun folders (multirun/<time>); a run writes metrics.json when it finishes."
+            f"--runs: no {METRICS_FILE} or {RESULTS_FILE} under {', '.join(map(str, paths))}. Pass run folders of "
+            "`python -m hpft.train` or `python -m hpft.evaluate`, or multirun folders (multirun/<time>); a run writes "
+            "its file when it finishes."
         )
     return list(found)
 
@@ -162,10 +192,13 @@ def _run_name(file: Path, roots: Sequence[Path]) -> str:
 
 
 def load_run_folders(paths: Sequence[str | Path]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Records of every run under `paths`, and a warning for each `metrics.json` that could not be read.
+    """Records of every run under `paths`, and a warning for each run file that could not be read.
+
+    Training runs come from `metrics.json`, evaluation runs from `results.json` (`eval_record`, then
+    `attach_unreduced` across all of them).
 
     Raises:
-        UserInputError: a missing path, or no `metrics.json` at all (see `find_metrics_files`).
+        UserInputError: a missing path, or no run file at all (see `find_metrics_files`).
     """
     files = find_metrics_files(paths)
     roots = [Path(p).resolve() for p in paths]
@@ -178,10 +211,71 @@ def load_run_folders(paths: Sequence[str | Path]) -> tuple[list[dict[str, Any]],
         except (OSError, ValueError) as err:
             warnings.append(f"skipped {file}: {err}")
             continue
-        records.append(make_record(_run_name(file, roots), metrics, _read_config(file.parent / "config.yaml")))
+        name = _run_name(file, roots)
+        if file.name == RESULTS_FILE:
+            records.append(eval_record(name, metrics))
+        else:
+            records.append(make_record(name, metrics, _read_config(file.parent / "config.yaml")))
     if not records:
-        raise UserInputError("--runs: no readable metrics.json:\n  " + "\n  ".join(warnings))
-    return records, warnings
+        raise UserInputError("--runs: no readable metrics.json or results.json:\n  " + "\n  ".join(warnings))
+    return attach_unreduced(records), warnings
+
+
+def _number(value: Any) -> float | None:
+    value = _plain(value)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def eval_record(name: str, results: Mapping[str, Any]) -> dict[str, Any]:
+    """One `python -m hpft.evaluate` run (its `results.json`) as a comparison record (see the module docstring).
+
+    Missing fields become missing keys (blank cells); nothing here raises on a partial file.
+    """
+    bench = str(results.get("benchmark") or "bench")
+    rate = _number(results.get("video_pruning_rate")) or 0.0
+    record: dict[str, Any] = {
+        "run": name,
+        "schedule": "evs" if rate > 0 else _plain(results.get("schedule")),
+        "keep": round(1.0 - rate, 6) if rate > 0 else _plain(results.get("keep")),
+        "scorer": "evs" if rate > 0 else _plain(results.get("scorer")),
+        f"val/{bench}/acc": _number(results.get("acc")),
+        "reduction/realised_keep": _number(results.get("realised_keep")),
+        PREFILL_S: _number(results.get("prefill_s")),
+    }
+    by = results.get("by")
+    kinds = by.get("kind") if isinstance(by, Mapping) else None
+    if isinstance(kinds, Mapping):  # per question kind, as training logs `val/<bench>/acc/<kind>`
+        for kind, value in kinds.items():
+            record[f"val/{bench}/acc/{kind}"] = _number(value)
+    keep = _number(results.get("keep"))
+    unreduced = rate == 0 and (results.get("schedule") == "none" or (keep is not None and keep >= 1.0))
+    data = [results.get(k) for k in ("benchmark", "root", "num_frames", "n_scored", "model", "ckpt")]
+    record["_eval"] = {"data": json.dumps(data, default=str), "unreduced": unreduced, "bench": bench}
+    return record
+
+
+def attach_unreduced(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Give evaluation records the unreduced accuracy and the prefill speedup of their unreduced twin (pure).
+
+    The twin is an unreduced evaluation (schedule `none` or keep 1, no EVS) of the same benchmark data (root,
+    frames, items scored), model and checkpoint. It sets `val/<bench>/acc_full` (its accuracy) and
+    `perf/prefill_speedup` (its `perf/prefill_s` over this run's); without a twin both stay missing. Training
+    records pass through unchanged. Returns new records, without the internal `_eval` key.
+    """
+    twins = {r["_eval"]["data"]: r for r in records if "_eval" in r and r["_eval"]["unreduced"]}
+    out = []
+    for record in records:
+        info = record.get("_eval")
+        record = {k: v for k, v in record.items() if k != "_eval"}
+        twin = twins.get(info["data"]) if info else None
+        if twin is not None:
+            bench = info["bench"]
+            record.setdefault(f"val/{bench}/acc_full", twin.get(f"val/{bench}/acc"))
+            mine, theirs = record.get(PREFILL_S), twin.get(PREFILL_S)
+            if _finite(mine) and _finite(theirs) and mine > 0:
+                record.setdefault(SPEEDUP, theirs / mine)
+        out.append(record)
+    return out
 
 
 def _read_config(path: Path) -> dict[str, Any] | None:

@@ -13,7 +13,9 @@ Per item (one at a time: items differ in length, and generation needs unpadded p
    (`build_prompt(item)`) after the video. `query_mask` is every token after the video (the question the
    reduction scores against);
 3. the video goes through the vision tower once; the decoder prefill runs through the reduction engine and is
-   timed (`prefill_s`: decoder only, last position's logits, as generation does);
+   timed (`prefill_s`: decoder only, last position's logits, as generation does). With transformers' EVS on
+   (`video_pruning_rate > 0`, the baseline of `hpft.evs`) the model's own forward prunes the video before the
+   decoder instead, and answers the item in the same modes;
 4. the answer, by `mode` / `variant`:
    * `logits` + `option_text`: the likelihood of each option's text after the prompt (`option_logliks`);
    * `logits` + `letter`: the next-token probability of each option letter after the prompt (" A" or "A"),
@@ -46,6 +48,7 @@ import torch.nn.functional as F
 
 from hpft.errors import UserInputError
 from hpft.evaluation import option_logliks
+from hpft.evs import evs_active, evs_answer
 from hpft.reduction import ReductionConfig, reduced_forward, reduced_generate
 from hpft.reduction.vlm import embed_video_prompt
 
@@ -495,6 +498,28 @@ _ANSWERS: dict[tuple[str, str], Callable[[_Context], dict[str, Any]]] = {
 }
 
 
+def _reduced_answer(vlm, tokenizer, item, spec, module, reduction, inputs, time_prefill) -> tuple[dict[str, Any], Any]:
+    """The answer fields (with `realised_keep`) and `prefill_s` of one item under the in-decoder reduction."""
+    device = next(vlm.parameters()).device
+    input_ids = inputs.input_ids.to(device)
+    pixels = inputs.pixel_values_videos.to(device, next(vlm.parameters()).dtype)
+    embeds, visual_mask = embed_video_prompt(vlm, input_ids, pixels)
+    query_mask = inputs.query_mask.to(device)
+    prefill, prefill_s = None, None
+    letter = (spec.mode, spec.variant) == ("logits", "letter")
+    if time_prefill or letter:
+        _synchronize(device)
+        start = time.perf_counter()
+        prefill = reduced_forward(vlm.language_model, embeds, visual_mask, query_mask, reduction, logits_to_keep=1)
+        _synchronize(device)
+        prefill_s = time.perf_counter() - start
+    ctx = _Context(vlm, tokenizer, spec, module, reduction, item, inputs, embeds, visual_mask, query_mask, prefill)
+    answer = _ANSWERS[(spec.mode, spec.variant)](ctx)
+    if answer.get("realised_keep") is None:
+        answer["realised_keep"] = float(prefill.realised_keep)
+    return answer, prefill_s
+
+
 @torch.no_grad()
 def score_item(
     vlm, tokenizer, item, spec: BenchmarkSpec, module: ModuleType, reduction: ReductionConfig, stats=None,
@@ -520,24 +545,11 @@ def score_item(
         modes), `num_frames`, `num_visual`, `tokens_per_frame`, `realised_keep`, `prefill_s`.
     """
     inputs = prepare_inputs(item, spec, module, tokenizer, vlm.config, stats)
-    device = next(vlm.parameters()).device
-    input_ids = inputs.input_ids.to(device)
-    pixels = inputs.pixel_values_videos.to(device, next(vlm.parameters()).dtype)
-    embeds, visual_mask = embed_video_prompt(vlm, input_ids, pixels)
-    query_mask = inputs.query_mask.to(device)
-    prefill, prefill_s = None, None
-    letter = (spec.mode, spec.variant) == ("logits", "letter")
-    if time_prefill or letter:
-        _synchronize(device)
-        start = time.perf_counter()
-        prefill = reduced_forward(vlm.language_model, embeds, visual_mask, query_mask, reduction, logits_to_keep=1)
-        _synchronize(device)
-        prefill_s = time.perf_counter() - start
-    ctx = _Context(vlm, tokenizer, spec, module, reduction, item, inputs, embeds, visual_mask, query_mask, prefill)
-    answer = _ANSWERS[(spec.mode, spec.variant)](ctx)
-    realised = answer.pop("realised_keep", None)
-    if realised is None:
-        realised = float(prefill.realised_keep)
+    if evs_active(vlm):  # the EVS baseline: transformers' own forward prunes the video before the decoder
+        answer, prefill_s = evs_answer(vlm, tokenizer, item, spec, module, inputs, time_prefill=time_prefill)
+    else:
+        answer, prefill_s = _reduced_answer(vlm, tokenizer, item, spec, module, reduction, inputs, time_prefill)
+    realised = answer.pop("realised_keep")
     pred = answer.pop("pred")
     return {
         # what the benchmark's `aggregate` reads (`hpft.benchmarks.aggregate.make_record`) ...

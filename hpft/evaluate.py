@@ -9,6 +9,7 @@ score each item, appending it to `items.jsonl` (`hpft.eval_runner`) -> `results.
     python -m hpft.evaluate ckpt=exports/<name>                   # an exported folder, its reduction.json
     python -m hpft.evaluate ckpt=exports/<name> keep=0.5          # ... with another budget
     python -m hpft.evaluate max_items=20 hydra.run.dir=outputs/eval/x   # then rerun without max_items: resumes
+    python -m hpft.evaluate schedule=none video_pruning_rate=0.75  # transformers' EVS baseline (hpft.evs)
 
 The run folder (`hydra.run.dir`, default `outputs/eval/<benchmark>/<time>`) holds `config.yaml` (resolved),
 `items.jsonl`, `settings.json`, `results.json` (see `hpft.eval_runner.RESULT_KEYS`), `csv/` and `wandb/` (offline
@@ -53,6 +54,7 @@ from hpft.cli import exits_on_user_error, run
 from hpft.config_checks import ConfigError, _cause, _model_config, check_budget, check_reduction
 from hpft.errors import UserInputError
 from hpft.eval_runner import BenchmarkSpec, evaluate_benchmark, load_items, metric_dict
+from hpft.evs import check_evs, set_video_pruning_rate
 from hpft.models.loading import REDUCTION_FILE, load_reduction_settings, resolve_model_path
 from hpft.run_report import write_config
 
@@ -160,6 +162,7 @@ def check_eval_config(
         problems.append(f"max_items={max_items!r} must be an integer >= 1, or null (every item)")
     if reduction is not None and model_config is not None and spec is not None and spec.num_frames is not None:
         problems += check_budget(reduction, model_config, spec.num_frames)
+    problems += check_evs(cfg.get("video_pruning_rate", 0.0), reduction is not None and reduction.active)
     return reduction, spec, problems
 
 
@@ -221,6 +224,10 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] | None = None) -> dict[st
         "model": resolve_model_path(str(vlm.config._name_or_path or cfg.model.get("path"))),
         "ckpt": None if ckpt is None else str(Path(str(ckpt)).expanduser().resolve()),
     }
+    evs_rate = float(cfg.get("video_pruning_rate", 0.0) or 0.0)
+    if evs_rate > 0:  # only then: eval folders written without EVS still resume
+        set_video_pruning_rate(vlm, evs_rate)
+        settings["video_pruning_rate"] = evs_rate
     source = _reduction_source(cfg, _command_line(cfg, overrides))
     if source is not None:  # only then: eval folders written before exports existed still resume
         settings["reduction_from"] = str(source)

@@ -164,6 +164,70 @@ def test_plot_without_any_complete_point_still_writes(tmp_path):
     assert row["schedule"] == "uniform" and row["perf/prefill_speedup"] == "" and row["train/loss"] == ""
 
 
+def _eval_folder(root: Path, name: str, results: dict | str) -> Path:
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(results if isinstance(results, str) else json.dumps(results))
+    return folder
+
+
+SPLIT = {"benchmark": "needle", "root": "/data/needle-test-1", "num_frames": None, "n_scored": 6,
+         "model": "/m/tiny-omni", "ckpt": None}  # fmt: skip
+
+
+def _results(schedule: str, keep: float, acc: float, prefill_s: float, **extra) -> dict:
+    return {**SPLIT, "schedule": schedule, "keep": keep, "scorer": "unified", "acc": acc, "prefill_s": prefill_s,
+            "realised_keep": 1.0 if schedule == "none" else keep, "by": {"kind": {"colour": 1.0, "shape": 0.5}},
+            **extra}  # fmt: skip
+
+
+def test_evaluation_runs_become_rows_with_their_unreduced_twin(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    _eval_folder(runs, "full", _results("none", 0.25, 0.8, 0.04))
+    _eval_folder(runs, "l2h", _results("low_to_high", 0.25, 0.7, 0.02))
+    _eval_folder(runs, "evs", _results("low_to_high", 1.0, 0.5, 0.01, video_pruning_rate=0.75, realised_keep=0.25))
+    # another split: no unreduced twin among the runs, so no speedup and no unreduced accuracy
+    _eval_folder(runs, "other", {**_results("uniform", 0.5, 0.6, 0.03), "root": "/data/needle-test-2"})
+    _eval_folder(runs, "partial", {"benchmark": "needle", "schedule": "step"})  # an old or partial file
+    _eval_folder(runs, "broken", "[1, 2")
+    training = _run_folder(runs, "train", FULL)  # a training run, its benchmark callback's results inside it
+    _eval_folder(training / "benchmarks" / "needle_test", "step-100", _results("low_to_high", 0.25, 0.1, 0.5))
+    assert compare_main(["--runs", str(runs), "--out", str(tmp_path / "out")]) == 0
+    assert "broken" in capsys.readouterr().err
+    rows = {row["run"]: row for row in _read_csv(tmp_path / "out" / "comparison.csv")}
+    assert set(rows) == {f"runs/{n}" for n in ("full", "l2h", "evs", "other", "partial", "train")}
+    l2h = rows["runs/l2h"]
+    assert (l2h["schedule"], l2h["keep"], l2h["scorer"]) == ("low_to_high", "0.25", "unified")
+    assert (l2h["val/needle/acc"], l2h["val/needle/acc_full"], l2h["reduction/realised_keep"]) == ("0.7", "0.8", "0.25")
+    assert float(l2h["perf/prefill_speedup"]) == pytest.approx(2.0)
+    assert (l2h["val/needle/acc/colour"], l2h["val/needle/acc/shape"], l2h["train/loss"]) == ("1.0", "0.5", "")
+    assert float(rows["runs/full"]["perf/prefill_speedup"]) == pytest.approx(1.0)
+    evs = rows["runs/evs"]
+    assert [evs[k] for k in ("schedule", "keep", "scorer", "reduction/realised_keep")] == ["evs", "0.25", "evs", "0.25"]
+    assert float(evs["perf/prefill_speedup"]) == pytest.approx(4.0)
+    other = rows["runs/other"]
+    assert other["val/needle/acc"] == "0.6" and other["perf/prefill_speedup"] == other["val/needle/acc_full"] == ""
+    partial = rows["runs/partial"]
+    assert partial["schedule"] == "step" and partial["keep"] == partial["val/needle/acc"] == ""
+    assert rows["runs/train"]["train/loss"] == "0.4"  # training rows unchanged beside evaluation rows
+    assert (tmp_path / "out" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_lone_results_file_or_eval_folder_is_a_run(tmp_path):
+    folder = _eval_folder(tmp_path, "eval", _results("none", 0.25, 0.8, 0.04))
+    for target in (folder, folder / "results.json"):
+        records, warnings = comparison.load_run_folders([target])
+        assert warnings == [] and len(records) == 1
+        assert records[0]["val/needle/acc"] == 0.8 and records[0]["perf/prefill_speedup"] == 1.0
+
+
+def test_eval_record_tolerates_missing_and_odd_fields():
+    record = comparison.eval_record("x", {"acc": "n/a", "by": [1], "prefill_s": float("nan")})
+    (row,) = comparison.attach_unreduced([record])
+    assert row["run"] == "x" and row["schedule"] is None and row["val/bench/acc"] is None
+    assert "perf/prefill_speedup" not in row and "_eval" not in row
+
+
 @pytest.mark.parametrize("make", ["missing", "empty"])
 def test_missing_or_empty_runs_dir_exits_2(tmp_path, capsys, make):
     runs = tmp_path / "runs"
