@@ -91,9 +91,10 @@ def ddp_launch_problems(trainer: Any, multirun: bool) -> list[str]:
     if launcher.cluster_environment.creates_processes_externally or launcher.num_processes <= 1:
         return []
     return [
-        f"strategy=ddp with start_method=popen and trainer.devices={launcher.num_processes} inside a multirun: "
-        "Lightning would start each extra rank by re-running the whole sweep. Use strategy.start_method=spawn "
-        "with the basic launcher, or hydra/launcher=submitit_slurm (one task per device); see docs/sweeps.md"
+        f"{type(trainer.strategy).__name__} starting its ranks by re-running the command (start_method=popen) with "
+        f"trainer.devices={launcher.num_processes} inside a multirun: Lightning would start each extra rank by "
+        "re-running the whole sweep. Use strategy=ddp_spawn with the basic launcher, or "
+        "hydra/launcher=submitit_slurm (one task per device, any strategy incl. deepspeed_*); see docs/sweeps.md"
     ]
 
 

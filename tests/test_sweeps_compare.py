@@ -343,7 +343,7 @@ def test_ddp_popen_is_refused_inside_a_multirun_only(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     popen = Trainer(accelerator="cpu", devices=2, strategy=DDPStrategy(start_method="popen"), logger=False)
     (problem,) = sweeps.ddp_launch_problems(popen, multirun=True)
-    assert "start_method=spawn" in problem and "submitit_slurm" in problem and "trainer.devices=2" in problem
+    assert "strategy=ddp_spawn" in problem and "submitit_slurm" in problem and "trainer.devices=2" in problem
     assert sweeps.ddp_launch_problems(popen, multirun=False) == []
     spawn = Trainer(accelerator="cpu", devices=2, strategy=DDPStrategy(start_method="spawn"), logger=False)
     assert sweeps.ddp_launch_problems(spawn, multirun=True) == []
