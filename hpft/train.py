@@ -36,6 +36,7 @@ import hpft.config_builders  # noqa: F401  (registers the ${hpft_root:} resolver
 from hpft.cli import exits_on_user_error, run
 from hpft.config_checks import ConfigError, check_config
 from hpft.run_report import format_table, run_metrics, write_config, write_metrics
+from hpft.strategies import precision_notice
 from hpft.sweeps import ddp_launch_problems, in_multirun, publish_summary, release_master_port, sweep_group
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, strategy=instantiate(cfg.strategy))
     if problems := ddp_launch_problems(trainer, multirun):  # before the model loads
         raise ConfigError(problems)
+    if notice := precision_notice(trainer):
+        log.warning(notice)
 
     vlm, tokenizer = instantiate(cfg.model)
     vlm = instantiate(cfg.peft).apply(vlm)

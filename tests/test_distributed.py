@@ -21,7 +21,14 @@ from safetensors.torch import load_file
 from hpft.config_builders import REPO_ROOT
 from hpft.data.datamodule import ResumableSampler
 from hpft.reduction.weights import full_parameters
-from hpft.strategies import CPU_NOTICE, CPUDeepSpeedStrategy, deepspeed_strategy, fsdp2_strategy, wants_cuda
+from hpft.strategies import (
+    CPU_NOTICE,
+    CPUDeepSpeedStrategy,
+    deepspeed_strategy,
+    fsdp2_strategy,
+    precision_notice,
+    wants_cuda,
+)
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "TRANSFORMERS_VERBOSITY": "error"}
 # 12 fixture items: 3 steps per epoch at a global batch of 4, the same for one process × 4 and two × 2.
@@ -81,6 +88,13 @@ def test_deepspeed_builder_refuses_settings_the_trainer_owns(key):
 def test_fsdp2_auto_shards_over_every_process():
     assert fsdp2_strategy(devices=4, num_nodes=2)._data_parallel_size == 8
     assert fsdp2_strategy(devices="0,1", num_nodes=1)._data_parallel_size == 2
+
+
+def test_bf16_on_cpu_gets_a_notice_and_fp32_none():
+    from lightning.pytorch import Trainer
+
+    assert "32-true" in precision_notice(Trainer(accelerator="cpu", precision="bf16-mixed", logger=False))
+    assert precision_notice(Trainer(accelerator="cpu", precision="32-true", logger=False)) is None
 
 
 def test_full_parameters_is_a_no_op_without_sharding():
