@@ -140,7 +140,9 @@ def _check_inputs(inputs_embeds, visual_mask, query_mask, attention_mask, needs_
         )
 
 
-def _score(adapter, index: int, hidden: torch.Tensor, state: SequenceState, config: ReductionConfig) -> torch.Tensor:
+def score_block_input(
+    adapter, index: int, hidden: torch.Tensor, state: SequenceState, config: ReductionConfig
+) -> torch.Tensor:
     """Scores `(B, S)` of the current visual tokens from block `index`'s input (DESIGN §1.2)."""
     spec = config.spec
     method = spec.attention if adapter.kinds[index] == "attention" else spec.mamba
@@ -247,7 +249,7 @@ def reduced_forward(
         scores = None
         if wanted < state.num_visual:
             with torch.no_grad(), full_parameters(adapter.blocks[b]):
-                scores = _score(adapter, b, hidden, state, config)
+                scores = score_block_input(adapter, b, hidden, state, config)
         hidden = adapter.run_block(b, hidden, masks, state.position_ids, cache)
         if scores is not None:
             keep = scoring.select_top_visual(scores, state.visual_mask, wanted)
