@@ -22,42 +22,23 @@ import time
 import torch
 from transformers import NemotronHForCausalLM
 
+from hpft.bench import ANSWER, PREFIX, QUESTION, build_inputs
 from hpft.models.tiny import medium_decoder_config
 from hpft.reduction import ReductionConfig, engine, plan_counts, reduced_forward
 from hpft.reduction.adapters.nemotron_h import block_kinds
 from hpft.reduction.flops import prefill_flops
-
-PREFIX, QUESTION, ANSWER = 16, 32, 8
-
-
-def build_inputs(lm, num_visual: int, answer: int = 0, seed: int = 0):
-    """Embeddings `(1, S, D)` and masks of a `[prefix][visual][question][answer]` prompt."""
-    generator = torch.Generator().manual_seed(seed)
-    seq = PREFIX + num_visual + QUESTION + answer
-    ids = torch.randint(0, lm.config.vocab_size, (1, seq), generator=generator)
-    with torch.no_grad():
-        embeds = lm.get_input_embeddings()(ids)
-    visual = torch.zeros(1, seq, dtype=torch.bool)
-    visual[0, PREFIX : PREFIX + num_visual] = True
-    embeds[visual] = torch.randn(num_visual, embeds.shape[-1], generator=generator) * embeds.std()
-    query = torch.zeros_like(visual)
-    query[0, PREFIX + num_visual : PREFIX + num_visual + QUESTION] = True
-    labels = torch.full((1, seq), -100)
-    if answer:
-        labels[0, -answer:] = ids[0, -answer:]
-    return embeds, visual, query, labels
 
 
 class FreeScores:
     """Replaces scoring by zeros (keep the first k visual tokens): the engine's time with scoring for free."""
 
     def __enter__(self) -> FreeScores:
-        self._inner = engine._score
-        engine._score = lambda adapter, index, hidden, state, config: state.visual_mask.float()
+        self._inner = engine.score_block_input
+        engine.score_block_input = lambda adapter, index, hidden, state, config: state.visual_mask.float()
         return self
 
     def __exit__(self, *exc) -> None:
-        engine._score = self._inner
+        engine.score_block_input = self._inner
 
 
 class ScoreTimer:
@@ -65,7 +46,7 @@ class ScoreTimer:
 
     def __init__(self) -> None:
         self.seconds = 0.0
-        self._inner = engine._score
+        self._inner = engine.score_block_input
 
     def __enter__(self) -> ScoreTimer:
         def timed(*args, **kwargs):
@@ -75,11 +56,11 @@ class ScoreTimer:
             finally:
                 self.seconds += time.perf_counter() - start
 
-        engine._score = timed
+        engine.score_block_input = timed
         return self
 
     def __exit__(self, *exc) -> None:
-        engine._score = self._inner
+        engine.score_block_input = self._inner
 
 
 def bench_prefill(args) -> dict:

@@ -17,11 +17,19 @@ from typing import TYPE_CHECKING
 import torch
 
 from hpft.errors import UserInputError
+from hpft.models.kernels import force_torch_path
 
 if TYPE_CHECKING:
     from hpft.reduction import ReductionConfig
 
-__all__ = ["REDUCTION_FILE", "TINY_OMNI_DIR", "load_reduction_settings", "load_vlm", "resolve_model_path"]
+__all__ = [
+    "REDUCTION_FILE",
+    "TINY_OMNI_DIR",
+    "enable_gradient_checkpointing",
+    "load_reduction_settings",
+    "load_vlm",
+    "resolve_model_path",
+]
 
 log = logging.getLogger(__name__)
 
@@ -53,19 +61,52 @@ def resolve_model_path(path: str | os.PathLike[str]) -> str:
     return text
 
 
+def enable_gradient_checkpointing(lm: torch.nn.Module) -> torch.nn.Module:
+    """Recompute each decoder block's activations in the backward pass instead of storing them (non-reentrant).
+
+    Every Nemotron-H block is a transformers `GradientCheckpointingLayer`, which checkpoints its own `forward`; the
+    reduction engine calls the blocks one by one (`adapter.run_block`), so each block is checkpointed on whatever
+    sequence it sees, cuts included, and scoring (under no_grad, outside the blocks) is never recomputed. Only while
+    the model is in training mode with gradients on; evaluation and generation are untouched.
+
+    Non-reentrant checkpointing gives parameter gradients (LoRA ones included) even when no block input requires
+    grad, so the hook transformers adds to make the embedding output require grad (needed only by reentrant
+    checkpointing) is removed again: it would turn embeddings computed under no_grad into leaves that require grad,
+    and editing those in place (e.g. writing visual embeddings into a prompt, as the benchmarks do) then fails.
+
+    Args:
+        lm: the causal LM (`vlm.language_model`), before or after LoRA injection.
+
+    Returns:
+        `lm`, changed in place.
+    """
+    lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    lm.disable_input_require_grads()
+    return lm
+
+
 def load_vlm(
-    path: str | os.PathLike[str], dtype: torch.dtype = torch.float32, trust_remote_code: bool = False
+    path: str | os.PathLike[str],
+    dtype: torch.dtype = torch.float32,
+    trust_remote_code: bool = False,
+    gradient_checkpointing: bool = False,
 ) -> tuple[torch.nn.Module, object]:
     """Load a video VLM (`AutoModelForImageTextToText`) and its tokenizer, offline.
 
     EVS (`video_pruning_rate > 0`) is switched off: it drops video tokens before the decoder and changes the
-    prompt length, which the in-decoder reduction (`hpft.reduction.reduced_vlm_forward`) refuses.
+    prompt length, which the in-decoder reduction (`hpft.reduction.reduced_vlm_forward`) refuses. The model is
+    loaded on CPU, so its Mamba-2 kernels are guarded (`hpft.models.kernels.force_torch_path`): CPU tensors take
+    transformers' PyTorch path even where mamba-ssm is installed, CUDA tensors still get the fused kernels once the
+    model is moved to a GPU.
 
     Args:
         path: `"tiny-omni"`, a model folder (`config.json`, safetensors weights, tokenizer files), or a hub id
             already in the local Hugging Face cache.
         dtype: Parameter dtype.
         trust_remote_code: Allow the folder's own modelling code (off unless a config asks for it).
+        gradient_checkpointing: Checkpoint every decoder block (`enable_gradient_checkpointing`), trading a
+            recompute of each block's forward for not storing its activations. The language model only: the frozen
+            vision tower runs without gradients.
 
     Returns:
         `(model in eval mode, tokenizer)`.
@@ -109,6 +150,9 @@ def load_vlm(
         model.config.video_pruning_rate = 0.0
     if hasattr(model, "video_pruning_rate"):
         model.video_pruning_rate = 0.0  # the model copies the config value at init and reads its own copy
+    force_torch_path(model)
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(model.language_model)
     return model.eval(), tokenizer
 
 
