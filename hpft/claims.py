@@ -437,10 +437,29 @@ def _results(folder: Path) -> dict[str, Any] | None:
         return None
 
 
+OBJECT_KINDS = ("colour", "shape")
+"""Question kinds that ask about one object (its colour, or the object of a colour): the binding the reduction
+must preserve. The third kind, "in which quarter", is at chance for the embedded model even unreduced."""
+
+
+def kind_accuracy(results: Mapping[str, Any], kinds: Sequence[str]) -> float | None:
+    """Accuracy over the questions of `kinds` (count-weighted from `results.json`'s `by.kind` / `counts.kind`).
+
+    Returns None when the results hold no question of those kinds (or no per-kind breakdown).
+    """
+    accuracy = (results.get("by") or {}).get("kind") or {}
+    counts = (results.get("counts") or {}).get("kind") or {}
+    total = sum(counts.get(k, 0) for k in kinds if k in accuracy)
+    if not total:
+        return None
+    return sum(accuracy[k] * counts[k] for k in kinds if k in accuracy and k in counts) / total
+
+
 def collect(plan: Plan) -> list[dict[str, Any]]:
     """One flat record per planned evaluation that has results (see `hpft.claims_report.aggregate`).
 
-    Fields: `claim`, `setting`, `seed`, `order` (the setting's place in its claim), `acc`, `prefill_s`,
+    Fields: `claim`, `setting`, `seed`, `order` (the setting's place in its claim), `acc`, `acc_object` (colour and
+    shape questions only, `kind_accuracy`), `prefill_s`,
     `realised_keep`, `n_scored`, `speedup` (the unreduced run's `prefill_s` on the same data and weights over this
     run's; None without it), `folder`.
     """
@@ -460,6 +479,7 @@ def collect(plan: Plan) -> list[dict[str, Any]]:
                 "seed": run.seed,
                 "order": order[(run.claim, run.label)],
                 "acc": results.get("acc"),
+                "acc_object": kind_accuracy(results, OBJECT_KINDS),
                 "prefill_s": prefill,
                 "realised_keep": results.get("realised_keep"),
                 "n_scored": results.get("n_scored"),

@@ -20,7 +20,7 @@ from typing import Any
 
 from hpft.claims import CLAIMS, UNREDUCED, Claim
 
-METRICS = ("acc", "speedup", "realised_keep", "prefill_s")
+METRICS = ("acc", "acc_object", "speedup", "realised_keep", "prefill_s")
 
 
 def stats(values: Iterable[Any]) -> dict[str, Any]:
@@ -94,7 +94,8 @@ def mean_std(value: Mapping[str, Any] | None, digits: int = 3, signed: bool = Fa
 
 def claim_table(claim: Mapping[str, Any]) -> str:
     """One claim's summary as a Markdown table (mean ± std over seeds)."""
-    header = [claim["axis"], "accuracy", f"Δ acc vs {claim['reference']}", "seeds", "prefill speedup", "realised keep"]
+    header = [claim["axis"], "accuracy", f"Δ acc vs {claim['reference']}", "colour+shape acc", "seeds",
+              "prefill speedup", "realised keep"]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["--:"] * (len(header) - 1)) + "|"]
     for row in claim["rows"]:
         name = f"**{row['setting']}**" if row["setting"] == claim["reference"] else row["setting"]
@@ -102,6 +103,7 @@ def claim_table(claim: Mapping[str, Any]) -> str:
             name.replace("|", "\\|"),
             mean_std(row["acc"]),
             "(reference)" if row["setting"] == claim["reference"] else mean_std(row["delta"], signed=True),
+            mean_std(row.get("acc_object")),
             str(row["n"]),
             mean_std(row["speedup"], digits=2, suffix="×"),
             mean_std(row["realised_keep"]),

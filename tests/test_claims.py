@@ -121,9 +121,12 @@ def test_markdown_table_shows_mean_std_and_paired_delta():
     summary = claims_report.aggregate(RECORDS)
     table = claims_report.claim_table(summary["schedule"])
     lines = table.splitlines()
-    assert lines[0] == "| schedule | accuracy | Δ acc vs low_to_high | seeds | prefill speedup | realised keep |"
-    assert lines[2] == "| **low_to_high** | 0.700 ± 0.100 | (reference) | 3 | 1.50× ± 0.00 | 0.250 ± 0.000 |"
-    assert lines[3].startswith("| uniform | 0.605 ± 0.078 | -0.045 ± 0.007 | 3 | 1.30× ± 0.14 |")
+    assert lines[0] == (
+        "| schedule | accuracy | Δ acc vs low_to_high | colour+shape acc | seeds | prefill speedup | realised keep |"
+    )
+    # The records carry no per-kind accuracy: that cell is blank, never an error.
+    assert lines[2] == "| **low_to_high** | 0.700 ± 0.100 | (reference) |  | 3 | 1.50× ± 0.00 | 0.250 ± 0.000 |"
+    assert lines[3].startswith("| uniform | 0.605 ± 0.078 | -0.045 ± 0.007 |  | 3 | 1.30× ± 0.14 |")
     assert claims_report.mean_std(None) == "" and claims_report.mean_std({"mean": 0.5, "std": None}) == "0.500"
 
 
@@ -377,3 +380,11 @@ def test_run_claims_finetune_end_to_end(tmp_path):
                          for e in ("keep 0.25", "unreduced")}  # fmt: skip
     assert all(r["n"] == 1 and r["acc"]["mean"] is not None for r in rows.values())
     assert (out / "train" / "ft_reduced-f8-seed0" / "metrics.json").is_file()
+
+
+def test_kind_accuracy_is_count_weighted_over_the_asked_kinds():
+    results = {"by": {"kind": {"colour": 1.0, "shape": 0.5, "quarter": 0.0}},
+               "counts": {"kind": {"colour": 10, "shape": 30, "quarter": 60}}}  # fmt: skip
+    assert claims.kind_accuracy(results, claims.OBJECT_KINDS) == pytest.approx((10 + 15) / 40)
+    assert claims.kind_accuracy(results, ("quarter",)) == 0.0
+    assert claims.kind_accuracy({"acc": 0.5}, claims.OBJECT_KINDS) is None
