@@ -32,7 +32,6 @@ import hydra
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch import seed_everything
-from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 import hpft.config_builders  # noqa: F401  (registers the ${hpft_root:} resolver before composition)
@@ -43,17 +42,13 @@ from hpft.analysis.runner import run_analysis
 from hpft.cli import exits_on_user_error, run
 from hpft.config_checks import _cause
 from hpft.data.datamodule import NeedleQADataset, read_question_rows
+from hpft.loggers import finish_loggers, instantiate_group
 from hpft.models.loading import resolve_model_path
 from hpft.models.processor import tokens_per_tubelet
 from hpft.run_report import write_config
 
 log = logging.getLogger(__name__)
 RESULTS_FILE = "analysis.json"
-
-
-def _nodes(cfg: DictConfig | None) -> list[Any]:
-    """Instantiate the named `_target_` nodes of a group (the loggers)."""
-    return [instantiate(node) for node in (cfg or {}).values() if node is not None and "_target_" in node]
 
 
 def _device(name: str) -> torch.device:
@@ -134,17 +129,13 @@ def analyze(cfg: DictConfig) -> dict[str, Any]:
     (output_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     images = write_plots(results, output_dir)
 
-    loggers = _nodes(cfg.get("logger"))
+    loggers = instantiate_group(cfg.get("logger"))
     try:
         for logger in loggers:
             logger.log_hyperparams({"task": "analyze", "config": OmegaConf.to_container(cfg, resolve=True)})
         log_analysis(loggers, results, images)
-    finally:  # the next job of a multirun must start its own W&B run
-        for logger in loggers:
-            if isinstance(logger, WandbLogger):
-                logger.experiment.finish()
-            else:
-                logger.finalize("success")
+    finally:
+        finish_loggers(loggers)
     print(f"\n{format_summary(results)}\nanalysis: {output_dir / RESULTS_FILE}", flush=True)
     return results
 

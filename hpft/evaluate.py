@@ -36,7 +36,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch import seed_everything
-from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 import hpft.config_builders  # noqa: F401  (registers the ${hpft_root:} resolver before composition)
@@ -55,6 +54,7 @@ from hpft.config_checks import ConfigError, _cause, _model_config, check_budget,
 from hpft.errors import UserInputError
 from hpft.eval_runner import BenchmarkSpec, evaluate_benchmark, load_items, metric_dict
 from hpft.evs import check_evs, set_video_pruning_rate
+from hpft.loggers import finish_loggers, instantiate_group
 from hpft.models.loading import REDUCTION_FILE, load_reduction_settings, resolve_model_path
 from hpft.run_report import write_config
 
@@ -166,11 +166,6 @@ def check_eval_config(
     return reduction, spec, problems
 
 
-def _nodes(cfg: DictConfig | None) -> list[Any]:
-    """Instantiate the named `_target_` nodes of a group (the loggers)."""
-    return [instantiate(node) for node in (cfg or {}).values() if node is not None and "_target_" in node]
-
-
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -232,7 +227,7 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] | None = None) -> dict[st
     if source is not None:  # only then: eval folders written before exports existed still resume
         settings["reduction_from"] = str(source)
     log.info("evaluating %s on %s under %s", settings, spec.name, reduction.as_dict())
-    loggers = _nodes(cfg.get("logger"))
+    loggers = instantiate_group(cfg.get("logger"))
     try:
         for logger in loggers:
             logger.log_hyperparams(
@@ -259,12 +254,8 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] | None = None) -> dict[st
         for logger in loggers:
             logger.log_metrics(metrics, step=0)
             logger.save()
-    finally:  # the next job of a multirun must start its own W&B run
-        for logger in loggers:
-            if isinstance(logger, WandbLogger):
-                logger.experiment.finish()
-            else:
-                logger.finalize("success")
+    finally:
+        finish_loggers(loggers)
     print(f"\n{format_results(results)}\nresults: {output_dir / 'results.json'}", flush=True)
     return results
 

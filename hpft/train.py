@@ -28,13 +28,13 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 import hpft.config_builders  # noqa: F401  (registers the ${hpft_root:} resolver before composition)
 from hpft.cli import exits_on_user_error, run
 from hpft.config_checks import ConfigError, check_config
+from hpft.loggers import finish_loggers, instantiate_group
 from hpft.run_report import format_table, run_metrics, write_config, write_metrics
 from hpft.strategies import precision_notice
 from hpft.sweeps import ddp_launch_problems, in_multirun, publish_summary, release_master_port, sweep_group
@@ -45,13 +45,6 @@ warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the st
 # conf/hydra/launcher/submitit_*.yaml share their names with the plugin's schemas on purpose (so that
 # `hydra/launcher=submitit_slurm` picks them); Hydra 1.3 still type-checks them against those schemas, and warns.
 warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/submitit_\w+' is validated against ConfigStore schema")
-
-
-def _nodes(cfg: DictConfig | None) -> list[Any]:
-    """Instantiate a group holding named nodes (`callbacks`, `logger`) as a list, skipping empty ones."""
-    if not cfg:
-        return []
-    return [instantiate(node) for node in cfg.values() if node is not None and "_target_" in node]
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -76,9 +69,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("cpu_threads"):
         torch.set_num_threads(cfg.cpu_threads)
 
-    loggers = _nodes(cfg.get("logger"))
+    loggers = instantiate_group(cfg.get("logger"))
     # LearningRateMonitor refuses to run without a logger (logger=none).
-    callbacks = [c for c in _nodes(cfg.get("callbacks")) if loggers or not isinstance(c, LearningRateMonitor)]
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    callbacks = [c for c in callbacks if loggers or not isinstance(c, LearningRateMonitor)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, strategy=instantiate(cfg.strategy))
     if problems := ddp_launch_problems(trainer, multirun):  # before the model loads
         raise ConfigError(problems)
@@ -102,10 +96,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         extra = {"global_step": trainer.global_step, "wall_time_s": time.perf_counter() - started, "last_ckpt": last}
         metrics = run_metrics(reduction, train_metrics, val_results[0] if val_results else {}, extra)
         publish_summary(trainer.loggers, metrics, trainer.is_global_zero)  # W&B holds what metrics.json holds
-    finally:  # the next job of a multirun must start its own W&B run, not reuse this one
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.experiment.finish()
+    finally:  # Lightning has finalized the loggers; W&B still needs its run finished
+        finish_loggers(trainer.loggers, finalize=False)
     if trainer.is_global_zero:
         path = write_metrics(output_dir, metrics)
         print(f"\n{format_table(metrics)}\nmetrics: {path}", flush=True)
