@@ -416,11 +416,13 @@ def execute(plan: Plan, skip_finetune: bool = False, echo: Callable[[str], None]
             run_training(run)
             timings[str(run.folder)] = time.perf_counter() - started
             echo(f"trained {run.folder.name} ({timings[str(run.folder)]:.0f} s)")
-    for run in (r for r in plan.unique_evals if r.needs is not None and not r.done):
+    finetuned = [r for r in plan.unique_evals if r.needs is not None and not r.done]
+    for i, run in enumerate(finetuned, 1):
         started = time.perf_counter()
         results = run_eval(run)
         timings[str(run.folder)] = time.perf_counter() - started
-        echo(f"{run.folder.name}: acc {results.get('acc')} ({timings[str(run.folder)]:.0f} s)")
+        echo(f"[finetuned {i}/{len(finetuned)}] {run.folder.name}: acc {results.get('acc')} "
+             f"({timings[str(run.folder)]:.0f} s)")  # fmt: skip
     return timings
 
 

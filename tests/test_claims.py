@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -388,3 +389,42 @@ def test_kind_accuracy_is_count_weighted_over_the_asked_kinds():
     assert claims.kind_accuracy(results, claims.OBJECT_KINDS) == pytest.approx((10 + 15) / 40)
     assert claims.kind_accuracy(results, ("quarter",)) == 0.0
     assert claims.kind_accuracy({"acc": 0.5}, claims.OBJECT_KINDS) is None
+
+
+def _run_claims_module():
+    spec = importlib.util.spec_from_file_location("run_claims", REPO_ROOT / "scripts" / "run_claims.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_jobs_deal_seeds_and_children_get_their_own_seeds():
+    run_claims = _run_claims_module()
+    assert run_claims.split_seeds([0, 1, 2], 2) == [[0, 2], [1]]
+    assert run_claims.split_seeds([0, 1], 5) == [[0], [1]]
+    argv = ["--claims", "evs", "--jobs", "2", "--seeds=0,1", "--items", "3", "--timings-out", "t.json"]
+    assert run_claims._without_option(argv, ("--jobs", "--seeds", "--timings-out")) == [
+        "--claims",
+        "evs",
+        "--items",
+        "3",
+    ]
+
+
+def test_run_claims_jobs_run_seeds_side_by_side(tmp_path):
+    out = tmp_path / "claims"
+    args = ("--claims", "evs", "--seeds", "0,1", "--items", "3", "--frames", "8", "--out", str(out), "--skip-finetune",
+            "--jobs", "2")  # fmt: skip
+    run = _run_script(*args, cache=tmp_path / "cache")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "job 0: seeds [0]" in run.stdout and "job 1: seeds [1]" in run.stdout
+    assert "job 1: [3/3] d1001-" in run.stdout  # each job's progress is relayed
+    data = json.loads((out / "claims.json").read_text())
+    assert all(r["n"] == 2 for r in data["claims"]["evs"]["rows"])
+    assert data["meta"]["jobs"] == 2 and data["meta"]["runs_executed"] == 6
+    assert "3 training-free evaluations, 0 already done" in (out / "jobs" / "job1.log").read_text()
+
+
+def test_run_claims_rejects_frames_the_generator_cannot_make(tmp_path):
+    run = _run_script("--claims", "evs", "--frames", "12", "--out", str(tmp_path), cache=tmp_path)
+    assert run.returncode == 2 and "multiple of 8" in run.stderr and "Traceback" not in run.stderr
