@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -96,16 +97,27 @@ def _without_option(argv: list[str], names: tuple[str, ...]) -> list[str]:
 _PROGRESS = re.compile(r"^(\[(finetuned )?\d+/\d+\] |training |trained )")  # the lines `execute` prints per run
 
 
-def _follow(children: list[tuple[int, Path, subprocess.Popen]], every_s: float = 10.0) -> None:
+class _Job(NamedTuple):
+    """One `--jobs` child: its index, its seeds, its output log, the file it writes its timings to, its process."""
+
+    index: int
+    seeds: list[int]
+    log: Path
+    timings_file: Path
+    process: subprocess.Popen
+
+
+def _follow(jobs: list[_Job], every_s: float = 10.0) -> None:
     """Until every child exits, print each child's newest progress line whenever it changes."""
     shown: dict[int, str] = {}
     while True:
-        running = [child.poll() is None for _, _, child in children]
-        for i, log, _ in children:
-            lines = [ln for ln in log.read_text(encoding="utf-8", errors="replace").splitlines() if _PROGRESS.match(ln)]
-            if lines and lines[-1] != shown.get(i):
-                shown[i] = lines[-1]
-                print(f"job {i}: {lines[-1]}", flush=True)
+        running = [job.process.poll() is None for job in jobs]
+        for job in jobs:
+            text = job.log.read_text(encoding="utf-8", errors="replace")
+            lines = [line for line in text.splitlines() if _PROGRESS.match(line)]
+            if lines and lines[-1] != shown.get(job.index):
+                shown[job.index] = lines[-1]
+                print(f"job {job.index}: {lines[-1]}", flush=True)
         if not any(running):
             return
         time.sleep(every_s)
@@ -123,7 +135,7 @@ def run_jobs(args: argparse.Namespace, argv: list[str]) -> dict[str, float]:
     base = _without_option(argv, ("--jobs", "--seeds", "--timings-out"))
     folder = Path(args.out) / "jobs"
     folder.mkdir(parents=True, exist_ok=True)
-    children = []
+    jobs = []
     for i, seeds in enumerate(split_seeds(args.seeds, args.jobs)):
         timings_file = folder / f"job{i}-timings.json"
         timings_file.unlink(missing_ok=True)
@@ -131,20 +143,19 @@ def run_jobs(args: argparse.Namespace, argv: list[str]) -> dict[str, float]:
         command = [sys.executable, str(Path(__file__).resolve()), *base,
                    "--seeds", ",".join(map(str, seeds)), "--timings-out", str(timings_file)]  # fmt: skip
         with open(log, "w", encoding="utf-8") as handle:
-            children.append(
-                (i, seeds, log, timings_file, subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT))
-            )
+            process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
+        jobs.append(_Job(i, seeds, log, timings_file, process))
         print(f"job {i}: seeds {seeds}, log {log}", flush=True)
-    _follow([(i, log, child) for i, _, log, _, child in children])
+    _follow(jobs)
     timings: dict[str, float] = {}
     failed = []
-    for i, seeds, log, timings_file, child in children:
-        code = child.wait()
-        if code != 0 or not timings_file.is_file():
-            failed.append(f"job {i} (seeds {seeds}) exited {code}; see {log}")
+    for job in jobs:
+        code = job.process.wait()
+        if code != 0 or not job.timings_file.is_file():
+            failed.append(f"job {job.index} (seeds {job.seeds}) exited {code}; see {job.log}")
             continue
-        timings.update(json.loads(timings_file.read_text(encoding="utf-8")))
-        print(f"job {i} done ({len(seeds)} seed(s))", flush=True)
+        timings.update(json.loads(job.timings_file.read_text(encoding="utf-8")))
+        print(f"job {job.index} done ({len(job.seeds)} seed(s))", flush=True)
     if failed:
         sys.exit("error: " + "; ".join(failed) + ". Rerunning the same command resumes every finished run.")
     return timings
@@ -152,6 +163,7 @@ def run_jobs(args: argparse.Namespace, argv: list[str]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     """Plan, run (resumably) and report the suite; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     torch.set_num_threads(1)  # the tiny model is fastest on one thread (conf's cpu_threads: 1)
     os.environ.setdefault("WANDB_MODE", "offline")
@@ -170,14 +182,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         timings = {}
     elif args.jobs > 1 and len(args.seeds) > 1:
-        timings = run_jobs(args, argv if argv is not None else sys.argv[1:])
+        timings = run_jobs(args, argv)
     else:
         timings = execute(plan, skip_finetune=args.skip_finetune)
     if args.timings_out:
         Path(args.timings_out).write_text(json.dumps(timings), encoding="utf-8")
         return 0
     meta = {
-        "command": "python scripts/run_claims.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python scripts/run_claims.py " + " ".join(argv),
         "claims": ",".join(args.claims),
         "seeds": args.seeds,
         "items": args.items,
