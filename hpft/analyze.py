@@ -115,6 +115,7 @@ def analyze(cfg: DictConfig) -> dict[str, Any]:
         datamodule.video_token_id,
         temporal_patch_size=datamodule.temporal_patch_size,
         image_size=datamodule.image_size,
+        frame_labels=datamodule.frame_labels,
     )
     log.info("analysing %s on %s", cfg.model.get("path"), split_file)
     results = {

@@ -46,6 +46,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from hpft.data.prompts import FrameLabels, encode_example, option_token_ids, video_part
 from hpft.errors import UserInputError
 from hpft.evaluation import option_logliks
 from hpft.evs import evs_active, evs_answer
@@ -318,26 +319,31 @@ def pixel_stats(vlm) -> tuple[list[float], list[float]]:
     return mean, std
 
 
-def _native_prompt(tokenizer, item, text: str, num_visual: int, video_id: int) -> tuple[list[int], list[bool], list]:
-    from hpft.data.prompts import encode_example, option_token_ids
-
+def _native_prompt(
+    tokenizer, item, text: str, num_visual: int, video_id: int, labels: FrameLabels | None
+) -> tuple[list[int], list[bool], list]:
     if len(item.options) != 4:
         raise UserInputError(
             f"item {item.id} has {len(item.options)} options but prompt_style=native lays out exactly 4 (the tiny "
             "model's format); use benchmark.prompt_style=benchmark"
         )
-    prompt = encode_example(tokenizer, item.question, item.options, num_visual, answer=None, video_token_id=video_id)
+    prompt = encode_example(
+        tokenizer, item.question, item.options, num_visual, answer=None, video_token_id=video_id, frame_labels=labels
+    )
     return prompt.input_ids, prompt.query_mask, option_token_ids(tokenizer, item.options)
 
 
-def _benchmark_prompt(tokenizer, item, text: str, num_visual: int, video_id: int) -> tuple[list[int], list[bool], list]:
+def _benchmark_prompt(
+    tokenizer, item, text: str, num_visual: int, video_id: int, labels: FrameLabels | None
+) -> tuple[list[int], list[bool], list]:
     bos = [] if tokenizer.bos_token_id is None else [int(tokenizer.bos_token_id)]
     # The benchmark's text goes after the video, on its own line, as the reference harnesses place it.
     query = _ids(tokenizer, "\n" + text)
     if video_id in query:
         raise UserInputError(f"item {item.id}: the prompt text contains the video placeholder token (id {video_id})")
-    ids = bos + [video_id] * num_visual + query
-    query_mask = [False] * (len(bos) + num_visual) + [True] * len(query)
+    video, _ = video_part(tokenizer, num_visual, video_id, labels)
+    ids = bos + video + query
+    query_mask = [False] * (len(bos) + len(video)) + [True] * len(query)
     return ids, query_mask, [_ids(tokenizer, " " + option.strip()) for option in item.options]
 
 
@@ -381,7 +387,7 @@ def prepare_inputs(item, spec: BenchmarkSpec, module: ModuleType, tokenizer, mod
         The item's `ItemInputs`.
     """
     from hpft.data.video import read_frames
-    from hpft.models.processor import frames_to_pixel_values, tokens_per_tubelet
+    from hpft.models.processor import frame_labels_for, frames_to_pixel_values, tokens_per_tubelet
 
     frames = torch.as_tensor(read_frames(item.video, spec.num_frames))
     size = getattr(model_config, "force_image_size", None)
@@ -393,8 +399,10 @@ def prepare_inputs(item, spec: BenchmarkSpec, module: ModuleType, tokenizer, mod
     per_tubelet = tokens_per_tubelet(model_config, frames.shape[1], frames.shape[2])
     num_visual = pixels.shape[1] * per_tubelet
     text = _prompt_text(module, item, spec) if spec.prompt_style == "benchmark" else ""
+    # The model's own layout (frame labels or not), at this item's tokens per tubelet.
+    labels = FrameLabels(per_tubelet, temporal) if frame_labels_for(model_config) is not None else None
     ids, query_mask, candidates = _PROMPTS[spec.prompt_style](
-        tokenizer, item, text, num_visual, int(model_config.image_token_id)
+        tokenizer, item, text, num_visual, int(model_config.image_token_id), labels
     )
     return ItemInputs(
         input_ids=torch.tensor([ids], dtype=torch.long),

@@ -35,6 +35,7 @@ from hpft.analysis.stability import average_ranks, pairwise_jaccard, pairwise_sp
 from hpft.analyze import analyze
 from hpft.config_builders import REPO_ROOT
 from hpft.data.datamodule import read_question_rows
+from hpft.data.prompts import FrameLabels
 from hpft.reduction import ReductionConfig
 from hpft.reduction.adapters.nemotron_h import NemotronHAdapter
 
@@ -208,8 +209,16 @@ def test_needle_tokens_are_where_the_vision_features_change():
     # Encoding only the needle's tubelets gives the same features as encoding the whole video.
     subset = recoloured_needle_features(vlm, pixels, needle, tokens, grid=4, colours=(other,))
     assert torch.allclose(subset[0], b[tokens], atol=1e-5)
-    ids, first_visual, first_query = probe_prompt(tokenizer, needle["glyph"], 128, vlm.config.image_token_id)
-    assert ids[first_visual : first_visual + 128] == [vlm.config.image_token_id] * 128
+    ids, visual, first_query = probe_prompt(tokenizer, needle["glyph"], 128, vlm.config.image_token_id)
+    assert visual == list(range(visual[0], visual[0] + 128))
+    assert ids[visual[0] : visual[0] + 128] == [vlm.config.image_token_id] * 128
+    # With frame labels the visual tokens come in 16-token runs, each after its " Frame k:" label.
+    ids, visual, first_query = probe_prompt(
+        tokenizer, needle["glyph"], 128, vlm.config.image_token_id, FrameLabels(tokens_per_tubelet=16)
+    )
+    assert len(visual) == 128 and all(ids[i] == vlm.config.image_token_id for i in visual)
+    assert tokenizer.decode(ids[visual[15] + 1 : visual[16]]).strip() == "Frame 3:"
+    assert sum(ids[i] == vlm.config.image_token_id for i in range(len(ids))) == 128
     assert tokenizer.decode(ids[first_query:]).strip().startswith("Question")
     assert "Options" not in tokenizer.decode(ids)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import shutil
@@ -14,10 +15,22 @@ import torch
 from hpft.data import synthetic
 from hpft.data.collate import VideoQACollator
 from hpft.data.datamodule import NeedleDataModule, NeedleQADataset
-from hpft.data.prompts import encode_example, encode_option_candidates, format_query, option_token_ids
+from hpft.data.prompts import (
+    FrameLabels,
+    encode_example,
+    encode_option_candidates,
+    format_query,
+    option_token_ids,
+)
 from hpft.data.video import VideoError
 from hpft.models.loading import TINY_OMNI_DIR, load_vlm
-from hpft.models.processor import frames_to_pixel_values, tiny_video_processor, tokens_per_tubelet
+from hpft.models.processor import (
+    FRAME_LABELS_KEY,
+    frame_labels_for,
+    frames_to_pixel_values,
+    tiny_video_processor,
+    tokens_per_tubelet,
+)
 from hpft.models.tiny_omni import TINY_OMNI_PATTERN, check_schedules_reachable, tiny_omni_folder_config
 from hpft.models.tokenizer import SPECIAL_TOKENS, synthetic_corpus, train_tokenizer
 from hpft.reduction import ReductionConfig, reduced_vlm_forward
@@ -94,6 +107,51 @@ def test_prompt_masks_layout_and_labels(tokenizer):
     assert tokenizer(text, add_special_tokens=False)["input_ids"] == ids
     prompt_only = encode_example(tokenizer, QUESTION, OPTIONS, num_visual, answer=None)
     assert prompt_only.input_ids == ids[: p.answer_start] and set(prompt_only.labels) == {-100}
+
+
+def test_prompt_with_frame_labels_puts_each_tubelet_after_its_label(tokenizer):
+    plain = encode_example(tokenizer, QUESTION, OPTIONS, 4 * 16, answer="orange")
+    p = encode_example(tokenizer, QUESTION, OPTIONS, 4 * 16, answer="orange", frame_labels=FrameLabels(16))
+    assert p.num_visual == 64 == sum(i == tokenizer.video_token_id for i in p.input_ids)
+    visual = [i for i, v in enumerate(p.visual_mask) if v]
+    runs = [visual[k * 16 : (k + 1) * 16] for k in range(4)]
+    assert all(run == list(range(run[0], run[0] + 16)) for run in runs)
+    text = tokenizer.decode(p.input_ids)
+    assert text.startswith("<s>Video: Frame 1:<video>") and " Frame 7:<video>" in text
+    between = [tokenizer.decode(p.input_ids[a[-1] + 1 : b[0]]) for a, b in zip(runs, runs[1:], strict=False)]
+    assert between == [" Frame 3:", " Frame 5:", " Frame 7:"]
+    # Labels are neither visual nor query tokens; the query and answer are the plain layout's.
+    query = [i for i, q in enumerate(p.query_mask) if q]
+    assert query[0] == visual[-1] + 1 and not any(p.query_mask[: visual[-1]])
+    assert p.input_ids[query[0] :] == plain.input_ids[plain.answer_start - len(query) :]
+    assert p.labels[p.answer_start :] == plain.labels[plain.answer_start :]
+    assert tokenizer(text, add_special_tokens=False)["input_ids"] == p.input_ids
+    with pytest.raises(ValueError, match="whole number of 16-token tubelets"):
+        encode_example(tokenizer, QUESTION, OPTIONS, 40, answer=None, frame_labels=FrameLabels(16))
+
+
+def test_frame_labels_come_from_the_model_config(tiny_omni):
+    vlm, tok = tiny_omni
+    assert frame_labels_for(vlm.config) is None  # the committed tiny-omni reads plain prompts
+    config = copy.deepcopy(vlm.config)
+    setattr(config, FRAME_LABELS_KEY, True)
+    assert frame_labels_for(config) == FrameLabels(tokens_per_tubelet=16, frames_per_tubelet=2)
+    dm = NeedleDataModule(data_dir=str(FIXTURE), val_split="test", num_frames=16, batch_size=2)
+    dm.bind(tokenizer=tok, model_config=config).setup("validate")
+    item = dm.datasets["val"][0]
+    assert item["prompt"].num_visual == 128 and tok.decode(item["prompt"].input_ids).count(" Frame ") == 8
+    with torch.no_grad():  # the model fills the 128 scattered placeholders with the video, in order
+        batch = VideoQACollator(tok.pad_token_id)([item])
+        out = reduced_vlm_forward(
+            vlm,
+            batch["input_ids"],
+            batch["pixel_values_videos"],
+            batch["query_mask"],
+            ReductionConfig(),
+            attention_mask=batch["attention_mask"],
+            labels=batch["labels"],
+        )
+    assert torch.isfinite(out.loss) and out.kept_per_block[0] == 128
 
 
 def test_prompt_rejects_bad_input(tokenizer):

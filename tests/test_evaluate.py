@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -120,14 +121,18 @@ def test_entry_point_writes_results(tmp_path, mode):
     assert (tmp_path / "config.yaml").is_file()
 
 
-def test_option_text_matches_the_training_validation_path(tmp_path):
-    """The runner's native option-text scores equal `score_options` on the training collator's batch."""
+@pytest.mark.parametrize("frame_labels", [False, True])
+def test_option_text_matches_the_training_validation_path(tmp_path, frame_labels):
+    """The runner's native option-text scores equal `score_options` on the training collator's batch (both prompt
+    layouts: a model trained with frame labels is evaluated with them)."""
     from hpft.data.datamodule import NeedleDataModule
     from hpft.evaluation import option_logliks
     from hpft.models.loading import load_vlm
+    from hpft.models.processor import FRAME_LABELS_KEY
     from hpft.reduction import ReductionConfig
 
     vlm, tokenizer = load_vlm(MODEL_CFG["path"])
+    setattr(vlm.config, FRAME_LABELS_KEY, frame_labels)
     reduction = ReductionConfig("low_to_high", 0.5)
     spec = BenchmarkSpec(
         name="needle", module="hpft.benchmarks.needle", root=str(FIXTURE), num_frames=16, variant="option_text",
@@ -137,6 +142,7 @@ def test_option_text_matches_the_training_validation_path(tmp_path):
     runner = {r["id"]: r["scores"] for r in _lines(tmp_path / "items.jsonl")}
     dm = NeedleDataModule(data_dir=str(FIXTURE.parent), val_split="test", num_frames=16, batch_size=N_FIXTURE)
     batch = next(iter(dm.bind(tokenizer=tokenizer, model_config=vlm.config).val_dataloader()))
+    assert (" Frame 3:" in tokenizer.decode(batch["input_ids"][0])) == frame_labels
     loglik, realised = option_logliks(vlm, batch, reduction)
     for i, item_id in enumerate(batch["id"]):
         torch.testing.assert_close(torch.tensor(runner[item_id]), loglik[i], rtol=1e-4, atol=1e-4)
@@ -223,6 +229,20 @@ def test_subtitle_prompt_gets_the_sampled_frames(tmp_path):
     items, _, _ = eval_runner.load_items(spec)
     text = eval_runner._prompt_text(spec.benchmark_module(), items[0], spec)
     assert "seen cue" in text and "late cue" not in text and text.endswith("The best answer is:")
+
+
+def test_benchmark_prompt_follows_the_model_layout():
+    from transformers import AutoTokenizer
+
+    from hpft.data.prompts import FrameLabels
+
+    tokenizer = AutoTokenizer.from_pretrained(MODEL_CFG["path"])
+    item = types.SimpleNamespace(id="x", options=["red", "blue", "green", "white"])
+    plain, plain_query, _ = eval_runner._benchmark_prompt(tokenizer, item, "What colour?", 32, 4, None)
+    ids, query, _ = eval_runner._benchmark_prompt(tokenizer, item, "What colour?", 32, 4, FrameLabels(16))
+    assert ids.count(4) == plain.count(4) == 32 and sum(query) == sum(plain_query)
+    assert tokenizer.decode(ids[: ids.index(4)]).endswith("Frame 1:") and query[-1] and not any(query[: ids.index(4)])
+    assert ids[len(ids) - sum(query) :] == plain[len(plain) - sum(plain_query) :]
 
 
 def test_frames_are_resized_to_the_model_size():

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from hpft.data.prompts import encode_example
+from hpft.data.prompts import FrameLabels, encode_example
 from hpft.data.synthetic import COLOURS, PALETTE, glyph_mask
 
 # The dataset's own colour-question template (`hpft.data.synthetic.make_questions`): it names the glyph only.
@@ -155,7 +155,9 @@ def recolour_needle(
     return out
 
 
-def probe_prompt(tokenizer, glyph: str, num_visual: int, video_token_id: int) -> tuple[list[int], int, int]:
+def probe_prompt(
+    tokenizer, glyph: str, num_visual: int, video_token_id: int, frame_labels: FrameLabels | None = None
+) -> tuple[list[int], list[int], int]:
     """The dataset's prompt layout cut right after the probe question: `<s>Video:<video>... Question: ...?`.
 
     The options and "Answer:" are left out: they list colours, and in a causal model the question tokens cannot
@@ -166,15 +168,20 @@ def probe_prompt(tokenizer, glyph: str, num_visual: int, video_token_id: int) ->
         glyph: the needle to ask about.
         num_visual: video placeholder tokens.
         video_token_id: the placeholder id.
+        frame_labels: the model's prompt layout (the dataset's `frame_labels`).
 
     Returns:
-        `(input_ids, first visual position, first question position)`; the question runs to the end.
+        `(input_ids, position of each visual token in order, first question position)`; the question runs to the
+        end. Visual token `t` (as `needle_token_index` counts) sits at `positions[t]`.
     """
     question = PROBE_QUESTION.format(glyph=glyph)
-    prompt = encode_example(tokenizer, question, COLOURS[:4], num_visual, answer=None, video_token_id=video_token_id)
-    first_visual = prompt.visual_mask.index(True)
+    prompt = encode_example(
+        tokenizer, question, COLOURS[:4], num_visual, answer=None, video_token_id=video_token_id,
+        frame_labels=frame_labels,
+    )  # fmt: skip
+    positions = [i for i, is_visual in enumerate(prompt.visual_mask) if is_visual]
     first_query = prompt.query_mask.index(True)
     head = list(tokenizer(f" Question: {question}", add_special_tokens=False)["input_ids"])
     if prompt.input_ids[first_query : first_query + len(head)] != head:
         raise ValueError(f"the tokenizer splits {question!r} differently inside the prompt; cannot cut the options")
-    return prompt.input_ids[: first_query + len(head)], first_visual, first_query
+    return prompt.input_ids[: first_query + len(head)], positions, first_query

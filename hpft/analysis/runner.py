@@ -159,14 +159,16 @@ def probe_features(
             cached_row = example.row
             pixels = dataset[example.row]["pixel_values_videos"].to(device, vlm.dtype)
         needle = recoloured_needle_features(vlm, pixels, example.needle, list(example.drop), grid)
-        ids, first_visual, first_query = probe_prompt(
-            dataset.tokenizer, example.needle["glyph"], dataset.num_visual, dataset.video_token_id
-        )
+        ids, visual_positions, first_query = probe_prompt(
+            dataset.tokenizer, example.needle["glyph"], dataset.num_visual, dataset.video_token_id,
+            dataset.frame_labels,
+        )  # fmt: skip
         length = len(ids)
         drop = torch.zeros(length, dtype=torch.bool, device=device)
-        drop[[first_visual + t for t in example.drop]] = True
+        drop[[visual_positions[t] for t in example.drop]] = True
+        visual = torch.zeros(length, dtype=torch.bool, device=device)
+        visual[visual_positions] = True
         position = torch.arange(length, device=device)
-        visual = (position >= first_visual) & (position < first_visual + dataset.num_visual)
         pool = (visual & ~drop) | (position >= first_query)
         features = needle_probe_features(
             vlm, torch.tensor([ids], device=device), pixels[None], needle, drop, pool, cut_block

@@ -19,11 +19,11 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from hpft.data.collate import VideoQACollator
-from hpft.data.prompts import LETTERS, encode_example, option_token_ids
+from hpft.data.prompts import LETTERS, FrameLabels, encode_example, option_token_ids
 from hpft.data.synthetic import ensure_dataset
 from hpft.data.video import VideoError, read_frames
 from hpft.errors import UserInputError
-from hpft.models.processor import frames_to_pixel_values, tokens_per_tubelet
+from hpft.models.processor import frame_labels_for, frames_to_pixel_values, tokens_per_tubelet
 
 __all__ = ["NeedleDataModule", "NeedleQADataset", "default_cache_dir", "read_question_rows"]
 
@@ -125,6 +125,7 @@ class NeedleQADataset(Dataset):
             `nemotron_h_omni`).
         temporal_patch_size: Frames per tubelet (the model's `video_temporal_patch_size`).
         image_size: Expected frame side in px (None: not checked); frames are not resized.
+        frame_labels: The model's prompt layout (`hpft.models.processor.frame_labels_for`); None: plain.
     """
 
     def __init__(
@@ -136,6 +137,7 @@ class NeedleQADataset(Dataset):
         video_token_id: int,
         temporal_patch_size: int = 2,
         image_size: int | None = None,
+        frame_labels: FrameLabels | None = None,
     ) -> None:
         if num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")
@@ -148,6 +150,7 @@ class NeedleQADataset(Dataset):
         self.video_token_id = int(video_token_id)
         self.temporal_patch_size = int(temporal_patch_size)
         self.image_size = image_size
+        self.frame_labels = frame_labels
         self.num_visual = -(-self.num_frames // self.temporal_patch_size) * self.tokens_per_tubelet
         missing = sorted({str(self.root / r["video"]) for r in self.rows if not (self.root / r["video"]).is_file()})
         if missing:
@@ -177,6 +180,7 @@ class NeedleQADataset(Dataset):
             self.num_visual,
             answer=row["answer"],
             video_token_id=self.video_token_id,
+            frame_labels=self.frame_labels,
         )
         return {
             "id": row["id"],
@@ -300,6 +304,7 @@ class NeedleDataModule(LightningDataModule):
         self.tokens_per_tubelet: int | None = None
         self.temporal_patch_size = 2
         self.image_size: int | None = None
+        self.frame_labels: FrameLabels | None = None
         self.datasets: dict[str, NeedleQADataset] = {}
 
     def bind(self, tokenizer, model_config) -> NeedleDataModule:
@@ -308,7 +313,7 @@ class NeedleDataModule(LightningDataModule):
         Args:
             tokenizer: The model's tokenizer (needs `pad_token_id` or `eos_token_id`).
             model_config: The VLM config: `image_token_id` (the placeholder videos use), `force_image_size`,
-                `downsample_ratio`, `video_temporal_patch_size`, `vision_config.patch_size`.
+                `downsample_ratio`, `video_temporal_patch_size`, `vision_config.patch_size`, `video_frame_labels`.
 
         Returns:
             self, for chaining.
@@ -323,6 +328,7 @@ class NeedleDataModule(LightningDataModule):
         self.tokens_per_tubelet = tokens_per_tubelet(model_config)
         self.temporal_patch_size = int(getattr(model_config, "video_temporal_patch_size", 2))
         self.image_size = getattr(model_config, "force_image_size", None)
+        self.frame_labels = frame_labels_for(model_config)
         self.datasets = {}
         return self
 
@@ -384,6 +390,7 @@ class NeedleDataModule(LightningDataModule):
                     self.video_token_id,
                     temporal_patch_size=self.temporal_patch_size,
                     image_size=self.image_size,
+                    frame_labels=self.frame_labels,
                 )
 
     def _resume_sampler(self, size: int) -> ResumableSampler:

@@ -11,6 +11,12 @@ Layout (one line here, no newlines in the ids)::
 * `labels`: the answer's ids (option text, then `</s>`) at the answer positions, -100 elsewhere, unshifted (the
   loss shifts them, in the original sequence, before any token is cut).
 
+With `FrameLabels` (a model whose prompts label each tubelet, as the `nemotron_h_omni` processor does with its
+"Frame 1 and frame 2: <img>…</img>" chunks), the visual part becomes
+`" Frame 1:"<video>×n " Frame 3:"<video>×n …` (n = tokens per tubelet, the label names the tubelet's first frame):
+the labels are neither visual nor query tokens, and the visual tokens are no longer contiguous. Labels give the
+decoder, which has no positional encoding besides the Mamba order, a token that says *when*.
+
 Each part is tokenised on its own and concatenated: every part boundary is a space or a special token, so with a
 word-level or byte-level tokenizer the ids equal those of the whole string, and the answer tokens in
 `encode_example` are exactly the tokens an option-scoring candidate appends.
@@ -24,16 +30,32 @@ from dataclasses import dataclass
 __all__ = [
     "LETTERS",
     "EncodedPrompt",
+    "FrameLabels",
     "answer_text",
     "encode_example",
     "encode_option_candidates",
     "format_query",
     "option_token_ids",
+    "video_part",
 ]
 
 LETTERS = ("A", "B", "C", "D")
 PREFIX = "Video:"
 IGNORE_INDEX = -100
+FRAME_LABEL = " Frame {frame}:"
+
+
+@dataclass(frozen=True)
+class FrameLabels:
+    """Label every tubelet of the video with its first frame's number (`FRAME_LABEL`).
+
+    Attributes:
+        tokens_per_tubelet: Placeholder tokens per tubelet (`hpft.models.processor.tokens_per_tubelet`).
+        frames_per_tubelet: Frames packed in one tubelet (the model's `video_temporal_patch_size`).
+    """
+
+    tokens_per_tubelet: int
+    frames_per_tubelet: int = 2
 
 
 @dataclass(frozen=True)
@@ -114,24 +136,63 @@ def _eos(tokenizer) -> int:
     return int(tokenizer.eos_token_id)
 
 
-def _encode(
-    tokenizer, question: str, options: Sequence[str], num_visual: int, answer_ids: list[int] | None, video_id: int
-) -> EncodedPrompt:
+def video_part(
+    tokenizer, num_visual: int, video_id: int, frame_labels: FrameLabels | None = None
+) -> tuple[list[int], list[bool]]:
+    """The ids of the prompt's video part and which of them are placeholders.
+
+    Args:
+        tokenizer: A transformers tokenizer.
+        num_visual: Video placeholder tokens (`tubelets x tokens_per_tubelet`).
+        video_id: The placeholder id.
+        frame_labels: Label each tubelet (`num_visual` must then be a whole number of tubelets); None: the
+            placeholders alone.
+
+    Returns:
+        `(ids, visual)`: the ids and, per id, whether it is a placeholder.
+    """
     if num_visual < 1:
         raise ValueError(f"num_visual must be >= 1, got {num_visual}")
+    if frame_labels is None:
+        return [video_id] * num_visual, [True] * num_visual
+    per_tubelet = frame_labels.tokens_per_tubelet
+    if per_tubelet < 1 or num_visual % per_tubelet:
+        raise ValueError(f"num_visual={num_visual} is not a whole number of {per_tubelet}-token tubelets")
+    ids: list[int] = []
+    visual: list[bool] = []
+    for tubelet in range(num_visual // per_tubelet):
+        label = _ids(tokenizer, FRAME_LABEL.format(frame=tubelet * frame_labels.frames_per_tubelet + 1))
+        if video_id in label:
+            raise ValueError(f"the frame label contains the video placeholder (id {video_id})")
+        ids += label + [video_id] * per_tubelet
+        visual += [False] * len(label) + [True] * per_tubelet
+    return ids, visual
+
+
+def _encode(
+    tokenizer,
+    question: str,
+    options: Sequence[str],
+    num_visual: int,
+    answer_ids: list[int] | None,
+    video_id: int,
+    frame_labels: FrameLabels | None = None,
+) -> EncodedPrompt:
     bos = [] if tokenizer.bos_token_id is None else [int(tokenizer.bos_token_id)]
     prefix = bos + _ids(tokenizer, PREFIX)
+    video, visual = video_part(tokenizer, num_visual, video_id, frame_labels)
     query = _ids(tokenizer, format_query(question, options))
     answer = answer_ids or []
     if video_id in prefix or video_id in query or video_id in answer:
         # A stray placeholder in the text would make the model's placeholder count disagree with the video.
         raise ValueError(f"the question, options or answer contain the video placeholder (id {video_id})")
-    v, q = len(prefix) + num_visual, len(prefix) + num_visual + len(query)
-    input_ids = prefix + [video_id] * num_visual + query + answer
+    v = len(prefix) + len(video)
+    q = v + len(query)
+    input_ids = prefix + video + query + answer
     length = len(input_ids)
     return EncodedPrompt(
         input_ids=input_ids,
-        visual_mask=[len(prefix) <= i < v for i in range(length)],
+        visual_mask=[False] * len(prefix) + visual + [False] * (length - v),
         query_mask=[v <= i < q for i in range(length)],
         labels=[IGNORE_INDEX] * q + answer,
         answer_start=q,
@@ -161,6 +222,7 @@ def encode_example(
     num_visual: int,
     answer: str | None,
     video_token_id: int | None = None,
+    frame_labels: FrameLabels | None = None,
 ) -> EncodedPrompt:
     """Tokenise one video question with its masks; with an answer, the trained target is `" {answer}</s>"`.
 
@@ -172,6 +234,7 @@ def encode_example(
         answer: The answer text (normally one of `options`); None for a prompt to generate from.
         video_token_id: Placeholder id; default `tokenizer.video_token_id`. For `nemotron_h_omni` pass the model's
             `image_token_id` (videos reuse the image placeholder).
+        frame_labels: Label each tubelet (the model's layout, `hpft.models.processor.frame_labels_for`); None: plain.
 
     Returns:
         The encoded example (lists of length S = prompt + answer tokens).
@@ -181,7 +244,7 @@ def encode_example(
     """
     video_id = _video_id(tokenizer, video_token_id)
     answer_ids = None if answer is None else _ids(tokenizer, answer_text(answer)) + [_eos(tokenizer)]
-    return _encode(tokenizer, question, options, num_visual, answer_ids, video_id)
+    return _encode(tokenizer, question, options, num_visual, answer_ids, video_id, frame_labels)
 
 
 def encode_option_candidates(
@@ -191,6 +254,7 @@ def encode_option_candidates(
     num_visual: int,
     video_token_id: int | None = None,
     with_eos: bool = True,
+    frame_labels: FrameLabels | None = None,
 ) -> list[EncodedPrompt]:
     """The 4 sequences "prompt + option k" for option-text scoring (lmms-eval's log-likelihood style).
 
@@ -204,12 +268,13 @@ def encode_option_candidates(
         num_visual: Video placeholder tokens.
         video_token_id: Placeholder id (see `encode_example`).
         with_eos: Score `</s>` after the option text too (the trained answer ends with it).
+        frame_labels: Label each tubelet (see `encode_example`).
 
     Returns:
         4 encoded candidates in option order.
     """
     video_id = _video_id(tokenizer, video_token_id)
     return [
-        _encode(tokenizer, question, options, num_visual, ids, video_id)
+        _encode(tokenizer, question, options, num_visual, ids, video_id, frame_labels)
         for ids in option_token_ids(tokenizer, options, with_eos=with_eos)
     ]

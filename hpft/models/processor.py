@@ -16,7 +16,18 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["frames_to_pixel_values", "tiny_video_processor", "tokens_per_tubelet"]
+from hpft.data.prompts import FrameLabels
+
+__all__ = [
+    "FRAME_LABELS_KEY",
+    "frame_labels_for",
+    "frames_to_pixel_values",
+    "tiny_video_processor",
+    "tokens_per_tubelet",
+]
+
+# A model config key (config.json) saying the model was trained with each tubelet labelled "Frame k:".
+FRAME_LABELS_KEY = "video_frame_labels"
 
 
 def frames_to_pixel_values(
@@ -119,3 +130,19 @@ def tiny_video_processor(config: Any):
         temporal_patch_size=int(config.video_temporal_patch_size),
         do_sample_frames=False,  # frames are sampled by hpft.data.video.sample_frame_indices
     )
+
+
+def frame_labels_for(config: Any) -> FrameLabels | None:
+    """The prompt layout a model was trained with: `FrameLabels` when its config sets `video_frame_labels`.
+
+    Args:
+        config: The VLM config (`video_frame_labels`, optional, default false; plus what `tokens_per_tubelet`
+            reads and `vision_config.video_temporal_patch_size`).
+
+    Returns:
+        `hpft.data.prompts.FrameLabels`, or None for the plain layout (placeholders only).
+    """
+    if not getattr(config, FRAME_LABELS_KEY, False):
+        return None
+    frames = int(getattr(config.vision_config, "video_temporal_patch_size", 2))
+    return FrameLabels(tokens_per_tubelet=tokens_per_tubelet(config), frames_per_tubelet=frames)
