@@ -26,27 +26,33 @@ from hpft.data.datamodule import NeedleQADataset, default_cache_dir
 from hpft.data.synthetic import ensure_dataset, read_jsonl, shortcut_accuracy
 from hpft.evaluation import score_options
 from hpft.models.loading import load_vlm
-from hpft.models.pretrain import NO_REDUCTION, pretrain
-from hpft.models.processor import tokens_per_tubelet
+from hpft.models.pretrain import CURRICULUM, NO_REDUCTION, pretrain
+from hpft.models.processor import FRAME_LABELS_KEY, frame_labels_for, tokens_per_tubelet
 
 
 def evaluate_split(vlm, tokenizer, split_dir: Path, split: str, num_frames: int) -> dict:
-    """Unreduced multiple-choice accuracy on a generated split, with the two question-blind shortcuts."""
+    """Unreduced multiple-choice accuracy on a generated split, overall and per kind, and the blind shortcuts."""
     jsonl = split_dir / f"{split}.jsonl"
-    dataset = NeedleQADataset(jsonl, num_frames, tokenizer, tokens_per_tubelet(vlm.config), vlm.config.image_token_id)
+    dataset = NeedleQADataset(
+        jsonl, num_frames, tokenizer, tokens_per_tubelet(vlm.config), vlm.config.image_token_id,
+        frame_labels=frame_labels_for(vlm.config),
+    )  # fmt: skip
     loader = DataLoader(dataset, batch_size=8, collate_fn=VideoQACollator(tokenizer.pad_token_id))
-    right = total = 0
+    right: dict[str, int] = {}
+    total: dict[str, int] = {}
     vlm.eval()
     for batch in tqdm(loader, desc=f"eval {split} ({num_frames} frames)", leave=False):
         choices, _ = score_options(vlm, batch, NO_REDUCTION)
-        right += int((choices == batch["answer_index"]).sum())
-        total += len(choices)
+        for kind, hit in zip(batch["kind"], (choices == batch["answer_index"]).tolist(), strict=True):
+            right[kind] = right.get(kind, 0) + int(hit)
+            total[kind] = total.get(kind, 0) + 1
     records = read_jsonl(jsonl)
     return dict(
         split=split,
         num_frames=num_frames,
-        n=total,
-        acc=right / total,
+        n=sum(total.values()),
+        acc=sum(right.values()) / sum(total.values()),
+        by_kind={kind: dict(n=total[kind], acc=right[kind] / total[kind]) for kind in sorted(total)},
         shortcut_present=shortcut_accuracy(records, strategy="present", expected=True),
         shortcut_rarest=shortcut_accuracy(records, strategy="rarest", expected=True),
     )
@@ -68,6 +74,19 @@ def main() -> None:
         default=None,
         help="stop training after this many minutes in total (across resumes), then save and evaluate",
     )
+    parser.add_argument(
+        "--from-stage",
+        default=None,
+        choices=[stage.name for stage in CURRICULUM],
+        help="start a fresh run at this curriculum stage, continuing from the weights in --model (which must be "
+        "what the earlier stages taught); default: the whole curriculum from the first stage",
+    )
+    parser.add_argument(
+        "--frame-labels",
+        action="store_true",
+        help=f"train with each tubelet labelled 'Frame k:' and record it in the model's config.json "
+        f"({FRAME_LABELS_KEY}: true), so that every hpft prompt for this model uses that layout",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -75,11 +94,15 @@ def main() -> None:
     print(f"command: {command}\ntorch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
 
     vlm, tokenizer = load_vlm(args.model)
+    if args.frame_labels:
+        setattr(vlm.config, FRAME_LABELS_KEY, True)
     started = time.time()
     budget = None if args.time_budget_min is None else args.time_budget_min * 60
+    start_stage = 0 if args.from_stage is None else [stage.name for stage in CURRICULUM].index(args.from_stage)
     summary = pretrain(
-        vlm, tokenizer, args.work, seed=args.seed, batch_size=args.batch_size, lr=args.lr, time_budget_s=budget
-    )
+        vlm, tokenizer, args.work, seed=args.seed, batch_size=args.batch_size, lr=args.lr, time_budget_s=budget,
+        start_stage=start_stage,
+    )  # fmt: skip
     vlm.eval()
     vlm.save_pretrained(args.model, safe_serialization=True)
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hpft.data.synthetic import make_scene
+from hpft.data.prompts import FrameLabels
+from hpft.data.synthetic import QUARTERS, make_scene, needle_quarter, quarter_question
 from hpft.models.loading import load_vlm
-from hpft.models.pretrain import Stage, dense_example, pretrain
+from hpft.models.pretrain import Stage, dense_example, make_item, pretrain
 
 
 @pytest.fixture(scope="module")
@@ -56,3 +57,55 @@ def test_time_budget_stops_mid_curriculum_and_says_where(tmp_path, tiny_omni):
     stages = (Stage("one", frames=8, num_needles=1, num_distractors=0, dense=1.0, max_steps=50, gate=None),)
     summary = pretrain(vlm, tokenizer, tmp_path, stages, batch_size=2, eval_items=4, time_budget_s=0.0, log=print)
     assert summary["steps"] == 0 and summary["stopped_in_stage"] == "one" and summary["stages"] == []
+
+
+def test_dense_example_with_quarters_asks_when_each_unique_needle_appears(tiny_omni):
+    _, tokenizer = tiny_omni
+    scene = make_scene(np.random.default_rng(3), 16, num_needles=3, num_distractors=6)
+    plain = tokenizer.decode(dense_example(tokenizer, scene, 128, np.random.default_rng(1), video_token_id=4).input_ids)
+    prompt = dense_example(tokenizer, scene, 128, np.random.default_rng(1), video_token_id=4, quarters=True)
+    text = tokenizer.decode(prompt.input_ids)
+    assert "quarter" not in plain
+    glyph_count = {}
+    for track in scene.tracks:
+        glyph_count.setdefault(track.glyph, set()).add(track.colour)
+    for needle in scene.needles:
+        question = quarter_question(needle.glyph)
+        if len(glyph_count[needle.glyph]) > 1:
+            assert question not in text
+            continue
+        answer = QUARTERS[needle_quarter(needle, 16)]
+        assert f"{question} Answer: {answer}" in text, (question, answer)
+
+
+def test_multi_length_stage_draws_one_length_per_batch(tmp_path, tiny_omni):
+    vlm, tokenizer = tiny_omni
+    stage = Stage("mixed", frames=(8, 16), num_needles=2, num_distractors=1, dense=0.5, max_steps=3, gate=None,
+                  quarter_questions=True)  # fmt: skip
+    with pytest.raises(ValueError, match=r"pass the batch's `frames`"):
+        make_item(tokenizer, stage, np.random.default_rng(0), 16, 4, dense=True)
+    item, _ = make_item(tokenizer, stage, np.random.default_rng(0), 16, 4, dense=True, frames=16)
+    assert item["pixel_values_videos"].shape[0] == 8  # 16 frames = 8 tubelets
+    summary = pretrain(vlm, tokenizer, tmp_path, (stage,), batch_size=2, eval_every=3, eval_items=4, log=print)
+    assert summary["steps"] == 3 and summary["stages"][0]["name"] == "mixed"
+
+
+def test_start_stage_skips_the_stages_the_weights_already_learned(tmp_path, tiny_omni):
+    vlm, tokenizer = tiny_omni
+    stages = (Stage("done", frames=8, num_needles=1, num_distractors=0, dense=1.0, max_steps=5, gate=None),
+              Stage("new", frames=8, num_needles=2, num_distractors=1, dense=0.5, max_steps=1, gate=None))  # fmt: skip
+    summary = pretrain(vlm, tokenizer, tmp_path, stages, batch_size=2, eval_items=4, start_stage=1, log=print)
+    assert summary["steps"] == 1 and [s["name"] for s in summary["stages"]] == ["new"]
+    with pytest.raises(ValueError, match="start_stage"):
+        pretrain(vlm, tokenizer, tmp_path / "x", stages, start_stage=2, log=print)
+
+
+def test_dense_example_follows_the_frame_label_layout(tiny_omni):
+    _, tokenizer = tiny_omni
+    scene = make_scene(np.random.default_rng(3), 8, num_needles=2, num_distractors=2)
+    plain = dense_example(tokenizer, scene, 64, np.random.default_rng(1), video_token_id=4)
+    labelled = dense_example(tokenizer, scene, 64, np.random.default_rng(1), 4, frame_labels=FrameLabels(16))
+    assert sum(labelled.visual_mask) == 64 and tokenizer.decode(labelled.input_ids).count(" Frame ") == 4
+    extra = len(labelled) - len(plain)
+    assert labelled.answer_start == plain.answer_start + extra and labelled.labels[extra:] == plain.labels
+    assert labelled.query_mask[labelled.answer_start :] == plain.query_mask[plain.answer_start :]

@@ -208,7 +208,7 @@ def test_scene_invariants():
     assert max(occupancy.values()) == 1  # no two objects share a cell in a tubelet
     per_tubelet = Counter(t for t, _ in occupancy)
     assert min(per_tubelet[t] for t in range(32)) >= 8  # every frame is busy
-    assert len({syn._quarter(n, 64) for n in scene.needles}) == 3  # needles in distinct quarters
+    assert len({syn.needle_quarter(n, 64) for n in scene.needles}) == 3  # needles in distinct quarters
     frames = syn.render(scene)
     assert np.array_equal(frames[0::2], frames[1::2])  # static within each 2-frame tubelet
 

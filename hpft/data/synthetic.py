@@ -353,8 +353,14 @@ def caption(objects: Iterable[Sequence]) -> str:
     return ", ".join(f"{o[0]} {o[1]}" for o in objects)
 
 
-def _quarter(track: Track, num_frames: int) -> int:
+def needle_quarter(track: Track, num_frames: int) -> int:
+    """The quarter (0-3) of a `num_frames` video in which `track` first appears."""
     return (2 * track.start) * 4 // num_frames
+
+
+def quarter_question(glyph: str) -> str:
+    """The "which quarter" question about the object drawn as `glyph` (answers are `QUARTERS`)."""
+    return f"In which quarter of the video does the {glyph} appear?"
 
 
 def _check_kinds(kinds: Sequence[str]) -> None:
@@ -399,7 +405,7 @@ def make_questions(
     for letter, j in zip(letters, asked, strict=False):
         needle = scene.needles[j]
         kind = kinds[int(rng.integers(len(kinds)))]
-        quarter = _quarter(needle, scene.num_frames)
+        quarter = needle_quarter(needle, scene.num_frames)
         others = [n for i, n in enumerate(scene.needles) if i != j]
         distractors = scene.tracks[scene.num_needles :]
         if kind == "colour":
@@ -409,7 +415,7 @@ def make_questions(
             question, answer = f"Which shape is {needle.colour}?", needle.glyph
             tiers = [[n.glyph for n in others], [d.glyph for d in distractors], list(GLYPHS)]
         else:
-            question, answer = f"In which quarter of the video does the {needle.glyph} appear?", QUARTERS[quarter]
+            question, answer = quarter_question(needle.glyph), QUARTERS[quarter]
             tiers = [list(QUARTERS)]
         wrong: list[str] = []
         for tier in tiers:

@@ -12,6 +12,11 @@ What makes a tiny model learn to bind the question's words to one visual token (
 3. **Then the benchmark format** (`<s>Video:… Question: … Options: A. … Answer: <option text></s>`, one
    question), mixed with dense samples, at full difficulty and longer videos.
 
+A stage can also ask the "which quarter" questions in its dense samples (`quarter_questions`) and draw several
+video lengths (`frames=(16, 32)`: one length per batch, the held-out set split evenly). The committed curriculum
+uses neither: telling *when* an object appears is what the committed weights have not learned, and the README
+says what was measured with these options (with and without frame labels, `hpft.data.prompts.FrameLabels`).
+
 Each stage moves on when held-out multiple-choice accuracy (option-text likelihood, as evaluation scores it)
 reaches its gate, or after its step budget. Videos are rendered in memory (no H.264 round trip; the palette
 survives encoding within ~5 levels). Deterministic for a seed; checkpoints every `save_every` steps and resumes.
@@ -29,10 +34,20 @@ import numpy as np
 import torch
 
 from hpft.data.collate import VideoQACollator
-from hpft.data.prompts import EncodedPrompt, encode_example, option_token_ids
-from hpft.data.synthetic import LETTERS, make_questions, make_scene, render, scene_objects, shortcut_accuracy
+from hpft.data.prompts import PREFIX, EncodedPrompt, FrameLabels, encode_example, option_token_ids, video_part
+from hpft.data.synthetic import (
+    LETTERS,
+    QUARTERS,
+    make_questions,
+    make_scene,
+    needle_quarter,
+    quarter_question,
+    render,
+    scene_objects,
+    shortcut_accuracy,
+)
 from hpft.evaluation import score_options
-from hpft.models.processor import frames_to_pixel_values, tokens_per_tubelet
+from hpft.models.processor import frame_labels_for, frames_to_pixel_values, tokens_per_tubelet
 from hpft.reduction import ReductionConfig
 
 IGNORE_INDEX = -100
@@ -44,12 +59,18 @@ class Stage:
     """One curriculum stage: the videos it draws, the share of dense samples, its budget and its gate."""
 
     name: str
-    frames: int
+    frames: int | tuple[int, ...]  # a tuple: every batch draws one of these lengths (held-out: all, equally)
     num_needles: int
     num_distractors: int
     dense: float  # probability that a training sample uses the dense multi-question format
     max_steps: int
     gate: float | None  # held-out accuracy that ends the stage early (None: run max_steps)
+    quarter_questions: bool = False  # dense samples also ask "in which quarter … does the <glyph> appear?"
+
+    @property
+    def lengths(self) -> tuple[int, ...]:
+        """The video lengths (frames) this stage draws from."""
+        return self.frames if isinstance(self.frames, tuple) else (self.frames,)
 
 
 CURRICULUM = (
@@ -61,11 +82,21 @@ CURRICULUM = (
 )
 
 
-def dense_example(tokenizer, scene, num_visual: int, rng: np.random.Generator, video_token_id: int) -> EncodedPrompt:
+def dense_example(
+    tokenizer,
+    scene,
+    num_visual: int,
+    rng: np.random.Generator,
+    video_token_id: int,
+    quarters: bool = False,
+    frame_labels: FrameLabels | None = None,
+) -> EncodedPrompt:
     """Every unambiguous question about a scene, answered in one sequence after the video.
 
     Objects whose glyph is unique in the video get "What colour is the <glyph>?"; objects whose colour is unique
-    get "Which shape is <colour>?". The query mask covers everything after the video that is not an answer.
+    get "Which shape is <colour>?"; with `quarters`, needles whose glyph is unique also get "In which quarter of
+    the video does the <glyph> appear?". The query mask covers everything after the video that is not an answer.
+    The video part is laid out as `encode_example` lays it out (`frame_labels`).
     """
     by_glyph: dict[str, set[str]] = {}
     by_colour: dict[str, set[str]] = {}
@@ -78,15 +109,23 @@ def dense_example(tokenizer, scene, num_visual: int, rng: np.random.Generator, v
             pairs.append((f"What colour is the {track.glyph}?", track.colour))
         if len(by_colour[track.colour]) == 1:
             pairs.append((f"Which shape is {track.colour}?", track.glyph))
+    if quarters:
+        pairs += [
+            (quarter_question(needle.glyph), QUARTERS[needle_quarter(needle, scene.num_frames)])
+            for needle in scene.needles
+            if len(by_glyph[needle.glyph]) == 1
+        ]
     pairs = sorted(set(pairs))
     order = rng.permutation(len(pairs))
 
     def ids(text: str) -> list[int]:
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    input_ids = [tokenizer.bos_token_id, *ids("Video:")] + [video_token_id] * num_visual
+    prefix = [tokenizer.bos_token_id, *ids(PREFIX)]
+    video, visual = video_part(tokenizer, num_visual, video_token_id, frame_labels)
+    input_ids = prefix + video
     labels = [IGNORE_INDEX] * len(input_ids)
-    first_visual = len(input_ids) - num_visual
+    last_video = len(input_ids)
     for k in order:
         question, answer = pairs[k]
         query = ids(f" Question: {question} Answer:")
@@ -95,32 +134,47 @@ def dense_example(tokenizer, scene, num_visual: int, rng: np.random.Generator, v
         labels += [IGNORE_INDEX] * len(query) + answer_ids
     input_ids.append(tokenizer.eos_token_id)
     labels.append(tokenizer.eos_token_id)
-    last_visual = first_visual + num_visual
     return EncodedPrompt(
         input_ids=input_ids,
-        visual_mask=[first_visual <= i < last_visual for i in range(len(input_ids))],
-        query_mask=[i >= last_visual and labels[i] == IGNORE_INDEX for i in range(len(input_ids))],
+        visual_mask=[False] * len(prefix) + visual + [False] * (len(input_ids) - last_video),
+        query_mask=[i >= last_video and labels[i] == IGNORE_INDEX for i in range(len(input_ids))],
         labels=labels,
-        answer_start=last_visual,
+        answer_start=last_video,
     )
 
 
 def make_item(
-    tokenizer, stage: Stage, rng: np.random.Generator, tokens_per_tube: int, video_token_id: int, dense: bool
+    tokenizer,
+    stage: Stage,
+    rng: np.random.Generator,
+    tokens_per_tube: int,
+    video_token_id: int,
+    dense: bool,
+    frames: int | None = None,
+    frame_labels: FrameLabels | None = None,
 ):
-    """One collator item: a fresh scene, rendered, with a dense or a multiple-choice prompt (+ its record)."""
-    scene = make_scene(rng, stage.frames, num_needles=stage.num_needles, num_distractors=stage.num_distractors)
+    """One collator item: a fresh scene, rendered, with a dense or a multiple-choice prompt (+ its record).
+
+    `frames` is the scene's length; default the stage's only length (a multi-length stage must pass it, so that
+    one batch holds one length). `frame_labels`: the model's prompt layout (`frame_labels_for(vlm.config)`).
+    """
+    if frames is None:
+        if len(stage.lengths) > 1:
+            raise ValueError(f"stage {stage.name} draws from {stage.lengths} frames: pass the batch's `frames`")
+        frames = stage.lengths[0]
+    scene = make_scene(rng, frames, num_needles=stage.num_needles, num_distractors=stage.num_distractors)
     pixels = frames_to_pixel_values(render(scene))[0]
     num_visual = pixels.shape[0] * tokens_per_tube
     letter = LETTERS[int(rng.integers(4))]
     record = make_questions(scene, rng, [letter], num_questions=1)[0]
     record["objects"] = scene_objects(scene)
     if dense:
-        prompt = dense_example(tokenizer, scene, num_visual, rng, video_token_id)
+        prompt = dense_example(tokenizer, scene, num_visual, rng, video_token_id, stage.quarter_questions, frame_labels)
     else:
         prompt = encode_example(
-            tokenizer, record["question"], record["options"], num_visual, record["answer"], video_token_id
-        )
+            tokenizer, record["question"], record["options"], num_visual, record["answer"], video_token_id,
+            frame_labels,
+        )  # fmt: skip
     item = dict(
         prompt=prompt,
         pixel_values_videos=pixels,
@@ -145,13 +199,19 @@ def evaluate(vlm, batches: list[dict]) -> float:
     return right / max(total, 1)
 
 
-def _held_out(tokenizer, stage, collate, tokens_per_tube, video_token_id, seed: int, n: int, batch_size: int = 16):
+def _held_out(
+    tokenizer, stage, collate, tokens_per_tube, video_token_id, seed: int, n: int, frame_labels, batch_size: int = 16
+):
+    """`n` multiple-choice items split evenly over the stage's lengths, batched per length (one shape a batch)."""
     rng = np.random.default_rng([seed, 7919])
-    items, records = zip(
-        *(make_item(tokenizer, stage, rng, tokens_per_tube, video_token_id, dense=False) for _ in range(n)),
-        strict=True,
-    )
-    batches = [collate(list(items[i : i + batch_size])) for i in range(0, n, batch_size)]
+    batches, records = [], []
+    for frames in stage.lengths:
+        pairs = [
+            make_item(tokenizer, stage, rng, tokens_per_tube, video_token_id, False, frames, frame_labels)
+            for _ in range(n // len(stage.lengths))
+        ]
+        records += [record for _, record in pairs]
+        batches += [collate([item for item, _ in pairs[i : i + batch_size]]) for i in range(0, len(pairs), batch_size)]
     return batches, shortcut_accuracy(records, expected=True)
 
 
@@ -168,6 +228,7 @@ def pretrain(
     eval_items: int = 64,
     save_every: int = 250,
     time_budget_s: float | None = None,
+    start_stage: int = 0,
     log=print,
 ) -> dict:
     """Run the curriculum on `vlm` (full finetune, no reduction), resuming from `out_dir/state.pt` if present.
@@ -186,6 +247,8 @@ def pretrain(
         save_every: steps between resume points.
         time_budget_s: stop (and save a resume point) once this much training time has been spent in total,
             across resumes; the summary then says where the curriculum stopped. None: run the whole curriculum.
+        start_stage: on a fresh start (no `state.pt`), skip the stages before this index: `vlm` already holds what
+            they taught (e.g. committed weights that new stages continue from, with a fresh optimizer).
         log: printer for progress lines.
 
     Returns:
@@ -196,11 +259,14 @@ def pretrain(
     torch.manual_seed(seed)
     video_token_id = vlm.config.image_token_id
     tokens_per_tube = tokens_per_tubelet(vlm.config)
+    labels_layout = frame_labels_for(vlm.config)
     collate = VideoQACollator(pad_id=tokenizer.pad_token_id)
     params = [p for p in vlm.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.05)
     state_path = out_dir / "state.pt"
-    state = dict(step=0, stage=0, stage_step=0, seconds=0.0, stages=[])
+    if not 0 <= start_stage < len(curriculum):
+        raise ValueError(f"start_stage must index the curriculum (0..{len(curriculum) - 1}), got {start_stage}")
+    state = dict(step=0, stage=start_stage, stage_step=0, seconds=0.0, stages=[])
     if state_path.exists():
         saved = torch.load(state_path, weights_only=False)
         vlm.load_state_dict(saved["model"])
@@ -223,7 +289,9 @@ def pretrain(
 
     while state["stage"] < len(curriculum) and not out_of_time():
         stage = curriculum[state["stage"]]
-        held_out, shortcut = _held_out(tokenizer, stage, collate, tokens_per_tube, video_token_id, seed, eval_items)
+        held_out, shortcut = _held_out(
+            tokenizer, stage, collate, tokens_per_tube, video_token_id, seed, eval_items, labels_layout
+        )
         # The data stream depends only on (seed, stage, stage_step): resuming replays nothing and skips nothing.
         rng = np.random.default_rng([seed, state["stage"], state["stage_step"]])
         acc, stopped = None, False
@@ -235,10 +303,14 @@ def pretrain(
             state["stage_step"] += 1
             for group in optimizer.param_groups:
                 group["lr"] = lr * min(1.0, state["step"] / warmup)
+            frames = stage.lengths[int(rng.integers(len(stage.lengths)))] if len(stage.lengths) > 1 else None
             items = [
-                make_item(tokenizer, stage, rng, tokens_per_tube, video_token_id, dense=rng.random() < stage.dense)[0]
+                make_item(
+                    tokenizer, stage, rng, tokens_per_tube, video_token_id, rng.random() < stage.dense, frames,
+                    labels_layout,
+                )[0]
                 for _ in range(batch_size)
-            ]
+            ]  # fmt: skip
             batch = collate(items)
             loss = vlm(
                 input_ids=batch["input_ids"],
