@@ -34,6 +34,7 @@ from hpft.models.processor import (
 from hpft.models.tiny_omni import TINY_OMNI_PATTERN, check_schedules_reachable, tiny_omni_folder_config
 from hpft.models.tokenizer import SPECIAL_TOKENS, synthetic_corpus, train_tokenizer
 from hpft.reduction import ReductionConfig, reduced_vlm_forward
+from hpft.reduction.vlm import embed_video_prompt
 
 FIXTURE = Path(__file__).parent / "fixtures" / "needle_tiny"
 TRAIN_JSONL = FIXTURE / "train" / "train.jsonl"
@@ -136,22 +137,33 @@ def test_frame_labels_come_from_the_model_config(tiny_omni):
     config = copy.deepcopy(vlm.config)
     setattr(config, FRAME_LABELS_KEY, True)
     assert frame_labels_for(config) == FrameLabels(tokens_per_tubelet=16, frames_per_tubelet=2)
-    dm = NeedleDataModule(data_dir=str(FIXTURE), val_split="test", num_frames=16, batch_size=2)
-    dm.bind(tokenizer=tok, model_config=config).setup("validate")
-    item = dm.datasets["val"][0]
-    assert item["prompt"].num_visual == 128 and tok.decode(item["prompt"].input_ids).count(" Frame ") == 8
-    with torch.no_grad():  # the model fills the 128 scattered placeholders with the video, in order
-        batch = VideoQACollator(tok.pad_token_id)([item])
-        out = reduced_vlm_forward(
-            vlm,
-            batch["input_ids"],
-            batch["pixel_values_videos"],
-            batch["query_mask"],
-            ReductionConfig(),
-            attention_mask=batch["attention_mask"],
-            labels=batch["labels"],
-        )
+
+    def first_val_batch(model_config):
+        dm = NeedleDataModule(data_dir=str(FIXTURE), val_split="test", num_frames=16, batch_size=1)
+        dm.bind(tokenizer=tok, model_config=model_config).setup("validate")
+        return next(iter(dm.val_dataloader()))
+
+    plain, labelled = first_val_batch(vlm.config), first_val_batch(config)
+    assert int(labelled["visual_mask"].sum()) == 128 and tok.decode(labelled["input_ids"][0]).count(" Frame ") == 8
+    with torch.no_grad():  # the model fills the 128 scattered placeholders with the same video tokens, in order
+        plain_embeds, plain_visual = embed_video_prompt(vlm, plain["input_ids"], plain["pixel_values_videos"])
+        embeds, visual = embed_video_prompt(vlm, labelled["input_ids"], labelled["pixel_values_videos"])
+        assert visual.equal(labelled["visual_mask"]) and torch.equal(embeds[visual], plain_embeds[plain_visual])
+        out = _reduced(vlm, labelled)
     assert torch.isfinite(out.loss) and out.kept_per_block[0] == 128
+
+
+def _reduced(vlm, batch):
+    """`reduced_vlm_forward` on a collated batch under the default reduction (low_to_high, keep 0.25)."""
+    return reduced_vlm_forward(
+        vlm,
+        batch["input_ids"],
+        batch["pixel_values_videos"],
+        batch["query_mask"],
+        ReductionConfig(),
+        attention_mask=batch["attention_mask"],
+        labels=batch["labels"],
+    )
 
 
 def test_prompt_rejects_bad_input(tokenizer):
@@ -299,15 +311,7 @@ def test_tiny_omni_runs_a_fixture_batch_under_reduction(tiny_omni):
     assert batch["visual_mask"].sum(1).tolist() == [128] * 3
     assert batch["input_ids"].eq(vlm.config.image_token_id).equal(batch["visual_mask"])
     with torch.no_grad():
-        out = reduced_vlm_forward(
-            vlm,
-            batch["input_ids"],
-            batch["pixel_values_videos"],
-            batch["query_mask"],
-            ReductionConfig(),
-            attention_mask=batch["attention_mask"],
-            labels=batch["labels"],
-        )
+        out = _reduced(vlm, batch)
     assert torch.isfinite(out.loss) and abs(out.realised_keep - 0.25) <= 0.01
     assert out.kept_per_block[0] == 128 and out.kept_per_block[-1] < 128
 
