@@ -83,7 +83,8 @@ CURRICULUM = (
     # `scripts/pretrain_tiny.py --frame-labels --from-stage when-one-object`). Not yet in the committed weights.
     # Measured in short runs from the committed weights: with labels, one object and no distractors at 8 frames,
     # the quarter questions went from chance to 1.00 held-out after ~1,400 steps; without labels they stayed at
-    # chance for 2,900 steps.
+    # chance for 2,900 steps. The quarter of the *asked* object among several was still at chance after 2,500
+    # steps of when-bind-8f (README, Results): these stages are where the next round starts, not a finished recipe.
     Stage("when-one-object", frames=8, num_needles=1, num_distractors=0, dense=0.6, max_steps=2500, gate=0.95,
           quarter_questions=True),
     Stage("when-bind-8f", frames=8, num_needles=3, num_distractors=2, dense=0.6, max_steps=6000, gate=0.9,
