@@ -6,6 +6,13 @@ split (generated H.264 videos read back through decord, the real evaluation path
 option-text likelihood, beside the question-blind shortcut, into `pretrain_report.json`. Example:
 
     python scripts/pretrain_tiny.py --model data/tiny-omni --work outputs/pretrain-tiny --seed 0
+
+The `when-*` stages (teaching which quarter of the video an object is in) continue the committed weights with
+frame-labelled prompts; run them on a copy of the folder:
+
+    cp -r data/tiny-omni outputs/tiny-omni-when
+    python scripts/pretrain_tiny.py --model outputs/tiny-omni-when --work outputs/pretrain-when --lr 5e-4 \
+        --frame-labels --from-stage when-one-object
 """
 
 from __future__ import annotations
@@ -79,7 +86,8 @@ def main() -> None:
         default=None,
         choices=[stage.name for stage in CURRICULUM],
         help="start a fresh run at this curriculum stage, continuing from the weights in --model (which must be "
-        "what the earlier stages taught); default: the whole curriculum from the first stage",
+        "what the earlier stages taught) with a fresh optimizer; default: the whole curriculum from the first stage. "
+        "A resume point in --work takes precedence (the run resumes where it stopped)",
     )
     parser.add_argument(
         "--frame-labels",
