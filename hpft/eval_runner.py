@@ -399,8 +399,7 @@ def prepare_inputs(item, spec: BenchmarkSpec, module: ModuleType, tokenizer, mod
     per_tubelet = tokens_per_tubelet(model_config, frames.shape[1], frames.shape[2])
     num_visual = pixels.shape[1] * per_tubelet
     text = _prompt_text(module, item, spec) if spec.prompt_style == "benchmark" else ""
-    # The model's own layout (frame labels or not), at this item's tokens per tubelet.
-    labels = FrameLabels(per_tubelet, temporal) if frame_labels_for(model_config) is not None else None
+    labels = frame_labels_for(model_config, per_tubelet)  # the model's own layout, at this item's frame size
     ids, query_mask, candidates = _PROMPTS[spec.prompt_style](
         tokenizer, item, text, num_visual, int(model_config.image_token_id), labels
     )

@@ -137,6 +137,7 @@ def test_frame_labels_come_from_the_model_config(tiny_omni):
     config = copy.deepcopy(vlm.config)
     setattr(config, FRAME_LABELS_KEY, True)
     assert frame_labels_for(config) == FrameLabels(tokens_per_tubelet=16, frames_per_tubelet=2)
+    assert frame_labels_for(config, per_tubelet=4) == FrameLabels(tokens_per_tubelet=4, frames_per_tubelet=2)
 
     def first_val_batch(model_config):
         dm = NeedleDataModule(data_dir=str(FIXTURE), val_split="test", num_frames=16, batch_size=1)

@@ -132,17 +132,20 @@ def tiny_video_processor(config: Any):
     )
 
 
-def frame_labels_for(config: Any) -> FrameLabels | None:
+def frame_labels_for(config: Any, per_tubelet: int | None = None) -> FrameLabels | None:
     """The prompt layout a model was trained with: `FrameLabels` when its config sets `video_frame_labels`.
 
     Args:
-        config: The VLM config (`video_frame_labels`, optional, default false; plus what `tokens_per_tubelet`
-            reads and `vision_config.video_temporal_patch_size`).
+        config: The VLM config (`video_frame_labels`, optional, default false; `video_temporal_patch_size`; and,
+            when `per_tubelet` is not given, what `tokens_per_tubelet` reads).
+        per_tubelet: Placeholder tokens per tubelet of the video at hand (frames of another size than
+            `force_image_size`); default `tokens_per_tubelet(config)`.
 
     Returns:
         `hpft.data.prompts.FrameLabels`, or None for the plain layout (placeholders only).
     """
     if not getattr(config, FRAME_LABELS_KEY, False):
         return None
-    frames = int(getattr(config.vision_config, "video_temporal_patch_size", 2))
-    return FrameLabels(tokens_per_tubelet=tokens_per_tubelet(config), frames_per_tubelet=frames)
+    frames = int(getattr(config, "video_temporal_patch_size", 1) or 1)
+    per_tubelet = tokens_per_tubelet(config) if per_tubelet is None else int(per_tubelet)
+    return FrameLabels(tokens_per_tubelet=per_tubelet, frames_per_tubelet=frames)
