@@ -34,8 +34,10 @@ __all__ = [
     "answer_text",
     "encode_example",
     "encode_option_candidates",
+    "format_open_query",
     "format_query",
     "option_token_ids",
+    "prefix_ids",
     "video_part",
 ]
 
@@ -105,6 +107,11 @@ def format_query(question: str, options: Sequence[str]) -> str:
     return f" Question: {question.strip()} Options: {listed} Answer:"
 
 
+def format_open_query(question: str) -> str:
+    """The query text of a question without options (dense pretraining): `" Question: {q} Answer:"`."""
+    return f" Question: {question.strip()} Answer:"
+
+
 def answer_text(answer: str) -> str:
     """The trained answer text that follows "Answer:": the option text after one space."""
     return " " + answer.strip()
@@ -134,6 +141,12 @@ def _eos(tokenizer) -> int:
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no eos_token; the answer must end with one")
     return int(tokenizer.eos_token_id)
+
+
+def prefix_ids(tokenizer) -> list[int]:
+    """The ids before the video: `<s>` (when the tokenizer has one) and `"Video:"`."""
+    bos = [] if tokenizer.bos_token_id is None else [int(tokenizer.bos_token_id)]
+    return bos + _ids(tokenizer, PREFIX)
 
 
 def video_part(
@@ -178,8 +191,7 @@ def _encode(
     video_id: int,
     frame_labels: FrameLabels | None = None,
 ) -> EncodedPrompt:
-    bos = [] if tokenizer.bos_token_id is None else [int(tokenizer.bos_token_id)]
-    prefix = bos + _ids(tokenizer, PREFIX)
+    prefix = prefix_ids(tokenizer)
     video, visual = video_part(tokenizer, num_visual, video_id, frame_labels)
     query = _ids(tokenizer, format_query(question, options))
     answer = answer_ids or []

@@ -34,7 +34,16 @@ import numpy as np
 import torch
 
 from hpft.data.collate import VideoQACollator
-from hpft.data.prompts import PREFIX, EncodedPrompt, FrameLabels, encode_example, option_token_ids, video_part
+from hpft.data.prompts import (
+    EncodedPrompt,
+    FrameLabels,
+    answer_text,
+    encode_example,
+    format_open_query,
+    option_token_ids,
+    prefix_ids,
+    video_part,
+)
 from hpft.data.synthetic import (
     LETTERS,
     QUARTERS,
@@ -135,15 +144,15 @@ def dense_example(
     def ids(text: str) -> list[int]:
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    prefix = [tokenizer.bos_token_id, *ids(PREFIX)]
+    prefix = prefix_ids(tokenizer)
     video, visual = video_part(tokenizer, num_visual, video_token_id, frame_labels)
     input_ids = prefix + video
     labels = [IGNORE_INDEX] * len(input_ids)
     last_video = len(input_ids)
     for k in order:
         question, answer = pairs[k]
-        query = ids(f" Question: {question} Answer:")
-        answer_ids = ids(f" {answer}")
+        query = ids(format_open_query(question))
+        answer_ids = ids(answer_text(answer))
         input_ids += query + answer_ids
         labels += [IGNORE_INDEX] * len(query) + answer_ids
     input_ids.append(tokenizer.eos_token_id)
