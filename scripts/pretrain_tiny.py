@@ -95,6 +95,13 @@ def main() -> None:
         help=f"train with each tubelet labelled 'Frame k:' and record it in the model's config.json "
         f"({FRAME_LABELS_KEY}: true), so that every hpft prompt for this model uses that layout",
     )
+    parser.add_argument(
+        "--position-layer",
+        type=int,
+        default=0,
+        help="decoder block whose output the tubelet-index loss reads, in stages with a position_loss "
+        "(hpft.models.position_loss)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -109,7 +116,7 @@ def main() -> None:
     start_stage = 0 if args.from_stage is None else [stage.name for stage in CURRICULUM].index(args.from_stage)
     summary = pretrain(
         vlm, tokenizer, args.work, seed=args.seed, batch_size=args.batch_size, lr=args.lr, time_budget_s=budget,
-        start_stage=start_stage,
+        start_stage=start_stage, position_layer=args.position_layer,
     )  # fmt: skip
     vlm.eval()
     vlm.save_pretrained(args.model, safe_serialization=True)

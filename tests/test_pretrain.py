@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+import torch
 
 from hpft.data.prompts import FrameLabels
 from hpft.data.synthetic import QUARTERS, make_scene, needle_quarter, quarter_question
 from hpft.models.loading import load_vlm
+from hpft.models.position_loss import TubeletProbe
 from hpft.models.pretrain import Stage, dense_example, make_item, pretrain
 
 
@@ -109,3 +113,44 @@ def test_dense_example_follows_the_frame_label_layout(tiny_omni):
     extra = len(labelled) - len(plain)
     assert labelled.answer_start == plain.answer_start + extra and labelled.labels[extra:] == plain.labels
     assert labelled.query_mask[labelled.answer_start :] == plain.query_mask[plain.answer_start :]
+
+
+def test_tubelet_probe_scores_the_tubelet_of_every_visual_token():
+    probe = TubeletProbe(hidden_size=4, layer=1, max_tubelets=4)
+    with torch.no_grad():
+        probe.head.weight.copy_(10 * torch.eye(4))
+        probe.head.bias.zero_()
+    # 2 samples, 1 text token then 4 tubelets of 2 visual tokens; block 1's output names each token's tubelet.
+    visual_mask = torch.tensor([[False] + [True] * 8] * 2)
+    named = torch.zeros(2, 9, 4)
+    named[:, 1:] = torch.eye(4).repeat_interleave(2, dim=0) * 100  # any scale: the probe normalises
+    wrong = named.clone()
+    wrong[:, 1:] = named[:, 1:].flip(1)  # the same features in the reverse order
+    embeddings = torch.zeros(2, 9, 4)
+    assert probe.loss((embeddings, embeddings, named), visual_mask, 2) < 1e-3
+    assert probe.loss((embeddings, embeddings, wrong), visual_mask, 2) > 10
+    with pytest.raises(ValueError, match="same whole number"):
+        probe.loss((embeddings, embeddings, named), visual_mask, 3)
+    with pytest.raises(ValueError, match="cannot read block 1"):
+        probe.loss((embeddings, named), visual_mask, 2)
+    with pytest.raises(ValueError, match="raise max_tubelets"):
+        probe.loss((embeddings, embeddings, named), visual_mask, 1)
+
+
+def test_position_loss_trains_a_probe_that_resumes_with_the_run(tmp_path, tiny_omni):
+    vlm, tokenizer = tiny_omni
+    stages = (Stage("where", frames=8, num_needles=1, num_distractors=0, dense=1.0, max_steps=2, gate=None,
+                    position_loss=0.5),)  # fmt: skip
+    lines = []
+    pretrain(vlm, tokenizer, tmp_path, stages, batch_size=2, eval_every=2, eval_items=4, log=lines.append)
+    saved = torch.load(tmp_path / "state.pt", weights_only=False)
+    assert saved["probe"] is not None and not any("probe" in key for key in saved["model"])
+    assert "position loss" in lines[-1]
+    logged = json.loads((tmp_path / "pretrain_log.jsonl").read_text().splitlines()[-1])
+    assert 0 < logged["position_loss"] < 10
+    plain = (Stage("where", frames=8, num_needles=1, num_distractors=0, dense=1.0, max_steps=2, gate=None),)
+    with pytest.raises(ValueError, match="with a position loss"):
+        pretrain(vlm, tokenizer, tmp_path, plain, batch_size=2, eval_items=4, log=print)
+    longer = (*stages, Stage("more", frames=8, num_needles=2, num_distractors=1, dense=0.5, max_steps=1, gate=None))
+    summary = pretrain(vlm, tokenizer, tmp_path, longer, batch_size=2, eval_items=4, log=lines.append)
+    assert summary["steps"] == 3 and any("resumed at step 2" in line for line in lines)
