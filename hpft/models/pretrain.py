@@ -96,7 +96,9 @@ CURRICULUM = (
     # the quarter questions went from chance to 1.00 held-out after ~1,400 steps; without labels they stayed at
     # chance for 2,900 steps. The quarter of the *asked* object among several stayed at chance for 6,000 steps of
     # when-bind-8f with labels alone: the visual tokens did not carry their tubelet (hpft.models.position_loss).
-    # With the tubelet-index loss it rose above chance (0.39 on 192 held-out questions after 2,500 more steps).
+    # With the tubelet-index loss added after those 6,000 steps it rose above chance (0.47 after 5,263 more steps;
+    # 0.53 at 16 frames after when-bind-16f). Run as listed here from the committed weights, with the loss from the
+    # start, it was still at chance after 6,000 steps of when-bind-8f (README, Results): not yet a finished recipe.
     Stage("when-one-object", frames=8, num_needles=1, num_distractors=0, dense=0.6, max_steps=2500, gate=0.95,
           quarter_questions=True, position_loss=0.5),
     Stage("when-bind-8f", frames=8, num_needles=3, num_distractors=2, dense=0.6, max_steps=6000, gate=0.9,
