@@ -46,7 +46,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from hpft.data.prompts import FrameLabels, encode_example, option_token_ids, video_part
+from hpft.data.prompts import FrameLabels, encode_example, option_token_ids, text_ids, video_part
 from hpft.errors import UserInputError
 from hpft.evaluation import option_logliks
 from hpft.evs import evs_active, evs_answer
@@ -291,10 +291,6 @@ class ItemInputs:
     tokens_per_frame: float
 
 
-def _ids(tokenizer, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
 def _resize(frames: torch.Tensor, size: int) -> torch.Tensor:
     """`(T, H, W, 3)` uint8 → `(T, size, size, 3)` uint8 (bilinear, antialiased), when the size differs."""
     if tuple(frames.shape[1:3]) == (size, size):
@@ -338,13 +334,13 @@ def _benchmark_prompt(
 ) -> tuple[list[int], list[bool], list]:
     bos = [] if tokenizer.bos_token_id is None else [int(tokenizer.bos_token_id)]
     # The benchmark's text goes after the video, on its own line, as the reference harnesses place it.
-    query = _ids(tokenizer, "\n" + text)
+    query = text_ids(tokenizer, "\n" + text)
     if video_id in query:
         raise UserInputError(f"item {item.id}: the prompt text contains the video placeholder token (id {video_id})")
     video, _ = video_part(tokenizer, num_visual, video_id, labels)
     ids = bos + video + query
     query_mask = [False] * (len(bos) + len(video)) + [True] * len(query)
-    return ids, query_mask, [_ids(tokenizer, " " + option.strip()) for option in item.options]
+    return ids, query_mask, [text_ids(tokenizer, " " + option.strip()) for option in item.options]
 
 
 _PROMPTS: dict[str, Callable[..., tuple[list[int], list[bool], list]]] = {
@@ -428,7 +424,7 @@ def letter_token_ids(tokenizer, letters: Sequence[str]) -> list[list[int]]:
     for letter in letters:
         ids = []
         for text in (" " + letter, letter):
-            encoded = _ids(tokenizer, text)
+            encoded = text_ids(tokenizer, text)
             if len(encoded) == 1 and encoded[0] not in ids and encoded[0] != tokenizer.unk_token_id:
                 ids.append(encoded[0])
         if not ids:

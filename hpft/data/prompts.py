@@ -38,6 +38,7 @@ __all__ = [
     "format_query",
     "option_token_ids",
     "prefix_ids",
+    "text_ids",
     "video_part",
 ]
 
@@ -124,7 +125,8 @@ def _check_options(options: Sequence[str]) -> None:
         raise ValueError(f"every option must be a non-empty string, got {options!r}")
 
 
-def _ids(tokenizer, text: str) -> list[int]:
+def text_ids(tokenizer, text: str) -> list[int]:
+    """The token ids of `text` alone (no special tokens): every hpft prompt is built from such pieces."""
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
@@ -146,7 +148,7 @@ def _eos(tokenizer) -> int:
 def prefix_ids(tokenizer) -> list[int]:
     """The ids before the video: `<s>` (when the tokenizer has one) and `"Video:"`."""
     bos = [] if tokenizer.bos_token_id is None else [int(tokenizer.bos_token_id)]
-    return bos + _ids(tokenizer, PREFIX)
+    return bos + text_ids(tokenizer, PREFIX)
 
 
 def video_part(
@@ -174,7 +176,7 @@ def video_part(
     ids: list[int] = []
     visual: list[bool] = []
     for tubelet in range(num_visual // per_tubelet):
-        label = _ids(tokenizer, FRAME_LABEL.format(frame=tubelet * frame_labels.frames_per_tubelet + 1))
+        label = text_ids(tokenizer, FRAME_LABEL.format(frame=tubelet * frame_labels.frames_per_tubelet + 1))
         if video_id in label:
             raise ValueError(f"the frame label contains the video placeholder (id {video_id})")
         ids += label + [video_id] * per_tubelet
@@ -193,7 +195,7 @@ def _encode(
 ) -> EncodedPrompt:
     prefix = prefix_ids(tokenizer)
     video, visual = video_part(tokenizer, num_visual, video_id, frame_labels)
-    query = _ids(tokenizer, format_query(question, options))
+    query = text_ids(tokenizer, format_query(question, options))
     answer = answer_ids or []
     if video_id in prefix or video_id in query or video_id in answer:
         # A stray placeholder in the text would make the model's placeholder count disagree with the video.
@@ -224,7 +226,7 @@ def option_token_ids(tokenizer, options: Sequence[str], with_eos: bool = True) -
     """
     _check_options(options)
     eos = [_eos(tokenizer)] if with_eos else []
-    return [_ids(tokenizer, answer_text(o)) + eos for o in options]
+    return [text_ids(tokenizer, answer_text(o)) + eos for o in options]
 
 
 def encode_example(
@@ -255,7 +257,7 @@ def encode_example(
         ValueError: Bad options, `num_visual < 1`, or text that contains the placeholder token.
     """
     video_id = _video_id(tokenizer, video_token_id)
-    answer_ids = None if answer is None else _ids(tokenizer, answer_text(answer)) + [_eos(tokenizer)]
+    answer_ids = None if answer is None else text_ids(tokenizer, answer_text(answer)) + [_eos(tokenizer)]
     return _encode(tokenizer, question, options, num_visual, answer_ids, video_id, frame_labels)
 
 

@@ -42,6 +42,7 @@ from hpft.data.prompts import (
     format_open_query,
     option_token_ids,
     prefix_ids,
+    text_ids,
     video_part,
 )
 from hpft.data.synthetic import (
@@ -146,9 +147,6 @@ def dense_example(
     pairs = sorted(set(pairs))
     order = rng.permutation(len(pairs))
 
-    def ids(text: str) -> list[int]:
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
     prefix = prefix_ids(tokenizer)
     video, visual = video_part(tokenizer, num_visual, video_token_id, frame_labels)
     input_ids = prefix + video
@@ -156,8 +154,8 @@ def dense_example(
     last_video = len(input_ids)
     for k in order:
         question, answer = pairs[k]
-        query = ids(format_open_query(question))
-        answer_ids = ids(answer_text(answer))
+        query = text_ids(tokenizer, format_open_query(question))
+        answer_ids = text_ids(tokenizer, answer_text(answer))
         input_ids += query + answer_ids
         labels += [IGNORE_INDEX] * len(query) + answer_ids
     input_ids.append(tokenizer.eos_token_id)
