@@ -33,6 +33,7 @@ from hpft.data.datamodule import NeedleQADataset, default_cache_dir
 from hpft.data.synthetic import ensure_dataset, read_jsonl, shortcut_accuracy
 from hpft.evaluation import score_options
 from hpft.models.loading import load_vlm
+from hpft.models.position_loss import POSITION_TARGETS
 from hpft.models.pretrain import CURRICULUM, NO_REDUCTION, pretrain
 from hpft.models.processor import FRAME_LABELS_KEY, frame_labels_for, tokens_per_tubelet
 
@@ -91,9 +92,13 @@ def main() -> None:
     )
     parser.add_argument(
         "--frame-labels",
-        action="store_true",
-        help=f"train with each tubelet labelled 'Frame k:' and record it in the model's config.json "
-        f"({FRAME_LABELS_KEY}: true), so that every hpft prompt for this model uses that layout",
+        nargs="?",
+        const="absolute",
+        choices=["absolute", "relative"],
+        default=None,
+        help=f"train with each tubelet labelled, 'Frame k:' (absolute, the default of the bare flag) or 'Frame k at "
+        f"p%%:' (relative: where it starts, in percent of the video), and record it in the model's config.json "
+        f"({FRAME_LABELS_KEY}), so that every hpft prompt for this model uses that layout",
     )
     parser.add_argument(
         "--position-layer",
@@ -101,6 +106,13 @@ def main() -> None:
         default=0,
         help="decoder block whose output the tubelet-index loss reads, in stages with a position_loss "
         "(hpft.models.position_loss)",
+    )
+    parser.add_argument(
+        "--position-target",
+        default="tubelet",
+        choices=list(POSITION_TARGETS),
+        help="what the tubelet-index loss names at each visual token: its tubelet, or its quarter of the video "
+        "(which a causal token can know only with --frame-labels relative)",
     )
     args = parser.parse_args()
     if args.threads:
@@ -110,13 +122,13 @@ def main() -> None:
 
     vlm, tokenizer = load_vlm(args.model)
     if args.frame_labels:
-        setattr(vlm.config, FRAME_LABELS_KEY, True)
+        setattr(vlm.config, FRAME_LABELS_KEY, True if args.frame_labels == "absolute" else args.frame_labels)
     started = time.time()
     budget = None if args.time_budget_min is None else args.time_budget_min * 60
     start_stage = 0 if args.from_stage is None else [stage.name for stage in CURRICULUM].index(args.from_stage)
     summary = pretrain(
         vlm, tokenizer, args.work, seed=args.seed, batch_size=args.batch_size, lr=args.lr, time_budget_s=budget,
-        start_stage=start_stage, position_layer=args.position_layer,
+        start_stage=start_stage, position_layer=args.position_layer, position_target=args.position_target,
     )  # fmt: skip
     vlm.eval()
     vlm.save_pretrained(args.model, safe_serialization=True)

@@ -131,6 +131,20 @@ def test_prompt_with_frame_labels_puts_each_tubelet_after_its_label(tokenizer):
         encode_example(tokenizer, QUESTION, OPTIONS, 40, answer=None, frame_labels=FrameLabels(16))
 
 
+def test_relative_frame_labels_say_where_each_tubelet_starts(tokenizer):
+    def labels(num_tubelets):
+        p = encode_example(tokenizer, QUESTION, OPTIONS, num_tubelets * 16, answer=None,
+                           frame_labels=FrameLabels(16, relative=True))  # fmt: skip
+        text = tokenizer.decode([i for i, v in zip(p.input_ids, p.visual_mask, strict=True) if not v])
+        assert p.num_visual == num_tubelets * 16 and tokenizer(text, add_special_tokens=False)["input_ids"]
+        return text.split(" Question:")[0].removeprefix("<s>Video:")
+
+    assert labels(4) == " Frame 1 at 00%: Frame 3 at 25%: Frame 5 at 50%: Frame 7 at 75%:"
+    sixteen = labels(16)  # 32 frames: the start of each quarter is where its label says 25, 50, 75
+    assert " Frame 3 at 06%:" in sixteen and " Frame 9 at 25%:" in sixteen and sixteen.endswith(" Frame 31 at 93%:")
+    assert " Frame 17 at 50%:" in sixteen and " Frame 25 at 75%:" in sixteen
+
+
 def test_frame_labels_come_from_the_model_config(tiny_omni):
     vlm, tok = tiny_omni
     assert frame_labels_for(vlm.config) is None  # the committed tiny-omni reads plain prompts
@@ -138,6 +152,13 @@ def test_frame_labels_come_from_the_model_config(tiny_omni):
     setattr(config, FRAME_LABELS_KEY, True)
     assert frame_labels_for(config) == FrameLabels(tokens_per_tubelet=16, frames_per_tubelet=2)
     assert frame_labels_for(config, per_tubelet=4) == FrameLabels(tokens_per_tubelet=4, frames_per_tubelet=2)
+    for style, relative in (("absolute", False), ("relative", True)):
+        setattr(config, FRAME_LABELS_KEY, style)
+        assert frame_labels_for(config) == FrameLabels(16, 2, relative=relative)
+    setattr(config, FRAME_LABELS_KEY, "seconds")
+    with pytest.raises(ValueError, match="video_frame_labels='seconds' is not a prompt layout"):
+        frame_labels_for(config)
+    setattr(config, FRAME_LABELS_KEY, True)
 
     def first_val_batch(model_config):
         dm = NeedleDataModule(data_dir=str(FIXTURE), val_split="test", num_frames=16, batch_size=1)

@@ -137,6 +137,23 @@ def test_tubelet_probe_scores_the_tubelet_of_every_visual_token():
         probe.loss((embeddings, embeddings, named), visual_mask, 1)
 
 
+def test_tubelet_probe_can_name_the_quarter_of_the_video_instead():
+    probe = TubeletProbe(hidden_size=4, layer=0, max_tubelets=8)
+    with torch.no_grad():
+        probe.head.weight.zero_()
+        probe.head.weight[:4].copy_(10 * torch.eye(4))
+        probe.head.bias.zero_()
+    # 8 tubelets of 1 token: tubelets 0-1 are quarter 0, 2-3 quarter 1, ...; features name the quarter.
+    visual_mask = torch.ones(1, 8, dtype=torch.bool)
+    quarters = torch.eye(4).repeat_interleave(2, dim=0)[None] * 100  # (1, 8, 4)
+    assert probe.loss((quarters, quarters), visual_mask, 1, target="quarter") < 1e-3
+    assert probe.loss((quarters, quarters), visual_mask, 1, target="tubelet") > 1  # tubelets 1, 2, ... misnamed
+    with pytest.raises(ValueError, match="multiple of 4 tubelets"):
+        probe.loss((quarters, quarters), visual_mask, 4, target="quarter")
+    with pytest.raises(ValueError, match="target must be one of"):
+        probe.loss((quarters, quarters), visual_mask, 1, target="second")
+
+
 def test_position_loss_trains_a_probe_that_resumes_with_the_run(tmp_path, tiny_omni):
     vlm, tokenizer = tiny_omni
     stages = (Stage("where", frames=8, num_needles=1, num_distractors=0, dense=1.0, max_steps=2, gate=None,
@@ -152,5 +169,10 @@ def test_position_loss_trains_a_probe_that_resumes_with_the_run(tmp_path, tiny_o
     with pytest.raises(ValueError, match="with a position loss"):
         pretrain(vlm, tokenizer, tmp_path, plain, batch_size=2, eval_items=4, log=print)
     longer = (*stages, Stage("more", frames=8, num_needles=2, num_distractors=1, dense=0.5, max_steps=1, gate=None))
+    with pytest.raises(ValueError, match="name the tubelet of each token, not the quarter"):
+        pretrain(vlm, tokenizer, tmp_path, longer, batch_size=2, eval_items=4, position_target="quarter", log=print)
     summary = pretrain(vlm, tokenizer, tmp_path, longer, batch_size=2, eval_items=4, log=lines.append)
     assert summary["steps"] == 3 and any("resumed at step 2" in line for line in lines)
+    quarter_run = tmp_path / "quarter"
+    pretrain(vlm, tokenizer, quarter_run, stages, batch_size=2, eval_items=4, position_target="quarter", log=print)
+    assert torch.load(quarter_run / "state.pt", weights_only=False)["position_target"] == "quarter"

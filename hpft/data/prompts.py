@@ -13,7 +13,8 @@ Layout (one line here, no newlines in the ids)::
 
 With `FrameLabels` (a model whose prompts label each tubelet, as the `nemotron_h_omni` processor does with its
 "Frame 1 and frame 2: <img>…</img>" chunks), the visual part becomes
-`" Frame 1:"<video>×n " Frame 3:"<video>×n …` (n = tokens per tubelet, the label names the tubelet's first frame):
+`" Frame 1:"<video>×n " Frame 3:"<video>×n …` (n = tokens per tubelet, the label names the tubelet's first frame;
+the relative variant, `" Frame 1 at 00%:"<video>×n " Frame 3 at 12%:"<video>×n …`, also says where it starts):
 the labels are neither visual nor query tokens, and the visual tokens are no longer contiguous. Labels give the
 decoder, which has no positional encoding besides the Mamba order, a token that says *when*.
 
@@ -46,6 +47,10 @@ LETTERS = ("A", "B", "C", "D")
 PREFIX = "Video:"
 IGNORE_INDEX = -100
 FRAME_LABEL = " Frame {frame}:"
+# The relative layout names each tubelet by where it starts in the video, in whole percent (00-99), as temporal
+# grounding models quantise time relative to the video's length (Vid2Seq, VTimeLLM): "when in the video" then reads
+# off one label, whatever the length, where an absolute frame number needs the total to mean anything.
+RELATIVE_FRAME_LABEL = " Frame {frame} at {percent:02d}%:"
 
 
 @dataclass(frozen=True)
@@ -55,10 +60,19 @@ class FrameLabels:
     Attributes:
         tokens_per_tubelet: Placeholder tokens per tubelet (`hpft.models.processor.tokens_per_tubelet`).
         frames_per_tubelet: Frames packed in one tubelet (the model's `video_temporal_patch_size`).
+        relative: Also say where the tubelet starts, in percent of the video (`RELATIVE_FRAME_LABEL`).
     """
 
     tokens_per_tubelet: int
     frames_per_tubelet: int = 2
+    relative: bool = False
+
+    def text(self, tubelet: int, num_tubelets: int) -> str:
+        """The label of tubelet `tubelet` (0-based) of a video of `num_tubelets` tubelets."""
+        frame = tubelet * self.frames_per_tubelet + 1
+        if not self.relative:
+            return FRAME_LABEL.format(frame=frame)
+        return RELATIVE_FRAME_LABEL.format(frame=frame, percent=100 * tubelet // num_tubelets)
 
 
 @dataclass(frozen=True)
@@ -175,8 +189,9 @@ def video_part(
         raise ValueError(f"num_visual={num_visual} is not a whole number of {per_tubelet}-token tubelets")
     ids: list[int] = []
     visual: list[bool] = []
-    for tubelet in range(num_visual // per_tubelet):
-        label = text_ids(tokenizer, FRAME_LABEL.format(frame=tubelet * frame_labels.frames_per_tubelet + 1))
+    num_tubelets = num_visual // per_tubelet
+    for tubelet in range(num_tubelets):
+        label = text_ids(tokenizer, frame_labels.text(tubelet, num_tubelets))
         if video_id in label:
             raise ValueError(f"the frame label contains the video placeholder (id {video_id})")
         ids += label + [video_id] * per_tubelet

@@ -21,7 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["TubeletProbe"]
+__all__ = ["POSITION_TARGETS", "TubeletProbe"]
+
+POSITION_TARGETS = ("tubelet", "quarter")
 
 
 class TubeletProbe(nn.Module):
@@ -41,8 +43,14 @@ class TubeletProbe(nn.Module):
         self.max_tubelets = max_tubelets
         self.head = nn.Linear(hidden_size, max_tubelets)
 
-    def loss(self, hidden_states: Sequence[torch.Tensor], visual_mask: torch.Tensor, tokens_per_tubelet: int):
-        """Cross-entropy of the head's tubelet guess at every visual token.
+    def loss(
+        self,
+        hidden_states: Sequence[torch.Tensor],
+        visual_mask: torch.Tensor,
+        tokens_per_tubelet: int,
+        target: str = "tubelet",
+    ) -> torch.Tensor:
+        """Cross-entropy of the head's guess of where each visual token is, at every visual token.
 
         Args:
             hidden_states: The decoder's `output_hidden_states`: `num_blocks + 1` tensors `(B, S, D)`, the
@@ -50,6 +58,9 @@ class TubeletProbe(nn.Module):
             visual_mask: `(B, S)` bool, True at visual tokens; the same count in every sample (one video length
                 per batch), in tubelet order.
             tokens_per_tubelet: Visual tokens per tubelet.
+            target: What the head names: `"tubelet"`, the token's tubelet index; `"quarter"`, the quarter of the
+                video it lies in (0-3; needs a whole number of tubelets per quarter). A causal token can know its
+                quarter only from a prompt that says where in the video it is (relative frame labels).
 
         Returns:
             Scalar loss (mean over the batch's visual tokens).
@@ -65,12 +76,18 @@ class TubeletProbe(nn.Module):
                 f"{counts.tolist()} visual tokens"
             )
         num_tubelets = num_visual // tokens_per_tubelet
+        if target not in POSITION_TARGETS:
+            raise ValueError(f"target must be one of {POSITION_TARGETS}, got {target!r}")
+        if target == "quarter" and num_tubelets % 4:
+            raise ValueError(f"quarter targets need a multiple of 4 tubelets per video, got {num_tubelets}")
         if num_tubelets > self.max_tubelets:
             raise ValueError(f"{num_tubelets} tubelets exceed the probe's {self.max_tubelets}; raise max_tubelets")
         hidden = hidden_states[self.layer + 1]
         visual = hidden[visual_mask].view(hidden.shape[0], num_visual, -1)  # (B, V, D), visual tokens in order
-        tubelet = torch.arange(num_visual, device=hidden.device) // tokens_per_tubelet  # (V,)
+        where = torch.arange(num_visual, device=hidden.device) // tokens_per_tubelet  # (V,) tubelet index
+        if target == "quarter":
+            where = where * 4 // num_tubelets
         # Normalised first: the residual stream's scale differs from block to block and grows in training; a raw
         # head starts with huge logits there, and its loss would swamp the language-model loss.
         logits = self.head(F.layer_norm(visual, visual.shape[-1:]))  # (B, V, max_tubelets)
-        return F.cross_entropy(logits.flatten(0, 1), tubelet.repeat(hidden.shape[0]))
+        return F.cross_entropy(logits.flatten(0, 1), where.repeat(hidden.shape[0]))

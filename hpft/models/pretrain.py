@@ -256,6 +256,7 @@ def pretrain(
     time_budget_s: float | None = None,
     start_stage: int = 0,
     position_layer: int = 0,
+    position_target: str = "tubelet",
     log=print,
 ) -> dict:
     """Run the curriculum on `vlm` (full finetune, no reduction), resuming from `out_dir/state.pt` if present.
@@ -278,6 +279,7 @@ def pretrain(
             they taught (e.g. committed weights that new stages continue from, with a fresh optimizer).
         position_layer: the decoder block whose output the `TubeletProbe` reads, in stages with `position_loss`.
             The probe is trained with the model and kept in `state.pt`, never in the model's weights.
+        position_target: what the `TubeletProbe` names at each visual token: `"tubelet"` or `"quarter"`.
         log: printer for progress lines.
 
     Returns:
@@ -308,6 +310,12 @@ def pretrain(
                 f"curriculum has {'none' if probe is None else 'one'}: resume with the curriculum that wrote it, "
                 "or start in a new folder"
             )
+        written_for = saved.get("position_target")  # absent in resume points written before it was recorded
+        if probe is not None and written_for not in (None, position_target):
+            raise ValueError(
+                f"{state_path} trained its position head to name the {written_for} of each token, not the "
+                f"{position_target}: resume with position_target={written_for!r}, or start in a new folder"
+            )
         vlm.load_state_dict(saved["model"])
         if probe is not None:
             probe.load_state_dict(saved["probe"])
@@ -323,7 +331,11 @@ def pretrain(
         state["seconds"] = time.time() - start
         tmp = state_path.with_suffix(".tmp")
         probe_state = None if probe is None else probe.state_dict()
-        torch.save(dict(model=vlm.state_dict(), optimizer=optimizer.state_dict(), state=state, probe=probe_state), tmp)
+        torch.save(
+            dict(model=vlm.state_dict(), optimizer=optimizer.state_dict(), state=state, probe=probe_state,
+                 position_target=position_target if probe is not None else None),
+            tmp,
+        )  # fmt: skip
         tmp.replace(state_path)  # atomic: a kill never leaves a half-written resume point
 
     def out_of_time() -> bool:
@@ -364,7 +376,7 @@ def pretrain(
             )
             loss = out.loss
             if with_position:
-                position = probe.loss(out.hidden_states, batch["visual_mask"], tokens_per_tube)
+                position = probe.loss(out.hidden_states, batch["visual_mask"], tokens_per_tube, position_target)
                 loss = loss + stage.position_loss * position
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

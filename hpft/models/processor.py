@@ -26,8 +26,10 @@ __all__ = [
     "tokens_per_tubelet",
 ]
 
-# A model config key (config.json) saying the model was trained with each tubelet labelled "Frame k:".
+# A model config key (config.json) saying the model was trained with each tubelet labelled: true (or "absolute")
+# "Frame k:", "relative" "Frame k at p%:" (`hpft.data.prompts.FrameLabels`); absent or false: no labels.
 FRAME_LABELS_KEY = "video_frame_labels"
+FRAME_LABEL_STYLES = {True: False, "absolute": False, "relative": True}  # config value -> FrameLabels.relative
 
 
 def frames_to_pixel_values(
@@ -136,16 +138,22 @@ def frame_labels_for(config: Any, per_tubelet: int | None = None) -> FrameLabels
     """The prompt layout a model was trained with: `FrameLabels` when its config sets `video_frame_labels`.
 
     Args:
-        config: The VLM config (`video_frame_labels`, optional, default false; `video_temporal_patch_size`; and,
-            when `per_tubelet` is not given, what `tokens_per_tubelet` reads).
+        config: The VLM config (`video_frame_labels`, optional: false, true / "absolute" or "relative";
+            `video_temporal_patch_size`; and, when `per_tubelet` is not given, what `tokens_per_tubelet` reads).
         per_tubelet: Placeholder tokens per tubelet of the video at hand (frames of another size than
             `force_image_size`); default `tokens_per_tubelet(config)`.
 
     Returns:
         `hpft.data.prompts.FrameLabels`, or None for the plain layout (placeholders only).
     """
-    if not getattr(config, FRAME_LABELS_KEY, False):
+    style = getattr(config, FRAME_LABELS_KEY, False)
+    if not style:
         return None
+    if style not in FRAME_LABEL_STYLES:
+        raise ValueError(
+            f'config {FRAME_LABELS_KEY}={style!r} is not a prompt layout: use false, true ("absolute") or '
+            f'"relative" in the model\'s config.json'
+        )
     frames = int(getattr(config, "video_temporal_patch_size", 1) or 1)
     per_tubelet = tokens_per_tubelet(config) if per_tubelet is None else int(per_tubelet)
-    return FrameLabels(tokens_per_tubelet=per_tubelet, frames_per_tubelet=frames)
+    return FrameLabels(tokens_per_tubelet=per_tubelet, frames_per_tubelet=frames, relative=FRAME_LABEL_STYLES[style])
