@@ -5,14 +5,14 @@ Full finetune, no reduction, the gated curriculum of `hpft.models.pretrain` (see
 split (generated H.264 videos read back through decord, the real evaluation path) is scored unreduced by
 option-text likelihood, beside the question-blind shortcut, into `pretrain_report.json`. Example:
 
-    python scripts/pretrain_tiny.py --model data/tiny-omni --work outputs/pretrain-tiny --seed 0
+    python scripts/pretrain_tiny.py --model data/tiny-omni --work outputs/pretrain-tiny --seed 0 --to-stage format-16f
 
-The `when-*` stages (teaching which quarter of the video an object is in) continue the committed weights with
-frame-labelled prompts; run them on a copy of the folder:
+The `when-*` stages (teaching which quarter of the video an object is in) continue the first stages' weights with
+relative frame labels and a position head naming each visual token's quarter (how the committed weights were made,
+data/tiny-omni/README.md; 36 min on 2 threads):
 
-    cp -r data/tiny-omni outputs/tiny-omni-when
-    python scripts/pretrain_tiny.py --model outputs/tiny-omni-when --work outputs/pretrain-when --lr 5e-4 \
-        --frame-labels --from-stage when-one-object
+    python scripts/pretrain_tiny.py --model outputs/tiny-omni-when --work outputs/pretrain-when --seed 0 \
+        --lr 5e-4 --threads 2 --frame-labels relative --position-target quarter --from-stage when-one-object
 """
 
 from __future__ import annotations
@@ -91,6 +91,13 @@ def main() -> None:
         "A resume point in --work takes precedence (the run resumes where it stopped)",
     )
     parser.add_argument(
+        "--to-stage",
+        default=None,
+        choices=[stage.name for stage in CURRICULUM],
+        help="stop after this curriculum stage (default: the last). The committed weights come from two runs: "
+        "--to-stage format-16f with plain prompts, then --from-stage when-one-object with relative frame labels",
+    )
+    parser.add_argument(
         "--frame-labels",
         nargs="?",
         const="absolute",
@@ -115,6 +122,21 @@ def main() -> None:
         "(which a causal token can know only with --frame-labels relative)",
     )
     args = parser.parse_args()
+    names = [stage.name for stage in CURRICULUM]
+    start_stage = 0 if args.from_stage is None else names.index(args.from_stage)
+    end_stage = len(CURRICULUM) if args.to_stage is None else names.index(args.to_stage) + 1
+    if end_stage <= start_stage:
+        parser.error(f"--to-stage {args.to_stage} comes before --from-stage {args.from_stage} in the curriculum")
+    stages = CURRICULUM[:end_stage]
+    if any(stage.quarter_questions for stage in stages[start_stage:]) and args.frame_labels is None:
+        parser.error(
+            "the stages to run ask 'in which quarter' questions, which a model without frame labels never learned "
+            "(README, Results): add --frame-labels relative --position-target quarter, or stop earlier with "
+            "--to-stage format-16f"
+        )
+    if args.position_target == "quarter" and args.frame_labels != "relative":
+        parser.error("--position-target quarter needs --frame-labels relative: a causal token can only know its "
+                     "quarter of the video from a label that says where in the video it is")  # fmt: skip
     if args.threads:
         torch.set_num_threads(args.threads)
     command = "python " + " ".join(sys.argv)
@@ -125,9 +147,8 @@ def main() -> None:
         setattr(vlm.config, FRAME_LABELS_KEY, True if args.frame_labels == "absolute" else args.frame_labels)
     started = time.time()
     budget = None if args.time_budget_min is None else args.time_budget_min * 60
-    start_stage = 0 if args.from_stage is None else [stage.name for stage in CURRICULUM].index(args.from_stage)
     summary = pretrain(
-        vlm, tokenizer, args.work, seed=args.seed, batch_size=args.batch_size, lr=args.lr, time_budget_s=budget,
+        vlm, tokenizer, args.work, stages, seed=args.seed, batch_size=args.batch_size, lr=args.lr, time_budget_s=budget,
         start_stage=start_stage, position_layer=args.position_layer, position_target=args.position_target,
     )  # fmt: skip
     vlm.eval()

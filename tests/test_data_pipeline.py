@@ -147,7 +147,11 @@ def test_relative_frame_labels_say_where_each_tubelet_starts(tokenizer):
 
 def test_frame_labels_come_from_the_model_config(tiny_omni):
     vlm, tok = tiny_omni
-    assert frame_labels_for(vlm.config) is None  # the committed tiny-omni reads plain prompts
+    # The committed tiny-omni was trained with relative labels.
+    assert frame_labels_for(vlm.config) == FrameLabels(16, 2, relative=True)
+    plain_config = copy.deepcopy(vlm.config)
+    setattr(plain_config, FRAME_LABELS_KEY, False)
+    assert frame_labels_for(plain_config) is None  # plain prompts
     config = copy.deepcopy(vlm.config)
     setattr(config, FRAME_LABELS_KEY, True)
     assert frame_labels_for(config) == FrameLabels(tokens_per_tubelet=16, frames_per_tubelet=2)
@@ -165,7 +169,7 @@ def test_frame_labels_come_from_the_model_config(tiny_omni):
         dm.bind(tokenizer=tok, model_config=model_config).setup("validate")
         return next(iter(dm.val_dataloader()))
 
-    plain, labelled = first_val_batch(vlm.config), first_val_batch(config)
+    plain, labelled = first_val_batch(plain_config), first_val_batch(config)
     assert int(labelled["visual_mask"].sum()) == 128 and tok.decode(labelled["input_ids"][0]).count(" Frame ") == 8
     with torch.no_grad():  # the model fills the 128 scattered placeholders with the same video tokens, in order
         plain_embeds, plain_visual = embed_video_prompt(vlm, plain["input_ids"], plain["pixel_values_videos"])

@@ -173,7 +173,9 @@ def test_adapter_loads_with_peft_and_matches_the_merged_logits(merged, adapter):
         base = AutoModelForImageTextToText.from_pretrained(TINY).eval()(**inputs).logits
         assert not torch.allclose(base, expected, atol=1e-3)  # the training changed the model
         for model in (with_peft, with_transformers):
-            torch.testing.assert_close(model(**inputs).logits, expected, rtol=0, atol=1e-4)
+            # Merged W + BA and the adapter's W x + B(A x) round differently in float32, in proportion to the
+            # logits' size (|logits| up to ~10 here): a relative term as well as an absolute one.
+            torch.testing.assert_close(model(**inputs).logits, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_full_finetune_has_no_adapter_to_keep(run, tmp_path, monkeypatch):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -176,3 +179,17 @@ def test_position_loss_trains_a_probe_that_resumes_with_the_run(tmp_path, tiny_o
     quarter_run = tmp_path / "quarter"
     pretrain(vlm, tokenizer, quarter_run, stages, batch_size=2, eval_items=4, position_target="quarter", log=print)
     assert torch.load(quarter_run / "state.pt", weights_only=False)["position_target"] == "quarter"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--from-stage", "when-one-object"], "add --frame-labels relative"),
+        (["--from-stage", "when-one-object", "--frame-labels", "--position-target", "quarter"], "needs --frame-labels"),
+        (["--from-stage", "when-lengths", "--to-stage", "format-16f"], "comes before --from-stage"),
+    ],
+)
+def test_pretrain_script_refuses_a_run_that_cannot_learn_what_it_asks(args, message):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "pretrain_tiny.py"
+    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
