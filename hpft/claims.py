@@ -441,7 +441,8 @@ def _results(folder: Path) -> dict[str, Any] | None:
 
 OBJECT_KINDS = ("colour", "shape")
 """Question kinds that ask about one object (its colour, or the object of a colour): the binding the reduction
-must preserve. The third kind, "in which quarter", is at chance for the embedded model even unreduced."""
+must preserve. The third kind, "in which quarter", also needs *when* the object appears (the frame labels around its
+tokens): it is in the overall accuracy, not in this one."""
 
 
 def kind_accuracy(results: Mapping[str, Any], kinds: Sequence[str]) -> float | None:
