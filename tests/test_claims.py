@@ -359,6 +359,10 @@ def test_run_claims_end_to_end_and_resume(tmp_path):
     assert all(r["n"] == 1 and r["acc"]["mean"] is not None for r in rows.values())
     assert (out / "evs.png").read_bytes()[:4] == PNG and "## evs:" in (out / "claims.md").read_text()
     assert len(list((out / "runs").glob("*/results.json"))) == 3
+    regenerated = _run_script(*args, "--report-only", cache=tmp_path / "cache")  # keeps the timings of the run
+    meta = json.loads((out / "claims.json").read_text())["meta"]
+    assert regenerated.returncode == 0 and meta["runs_executed"] == 3 and "--report-only" not in meta["command"]
+    assert "--report-only" in meta["report_regenerated_by"]
     again = _run_script(*args, cache=tmp_path / "cache")  # resumes: every run is done
     assert again.returncode == 0 and "3 training-free evaluations, 3 already done" in again.stdout
     assert json.loads((out / "claims.json").read_text())["meta"]["runs_executed"] == 0
