@@ -5,13 +5,15 @@ Full finetune, no reduction, the gated curriculum of `hpft.models.pretrain` (see
 split (generated H.264 videos read back through decord, the real evaluation path) is scored unreduced by
 option-text likelihood, beside the question-blind shortcut, into `pretrain_report.json`. Example:
 
-    python scripts/pretrain_tiny.py --model data/tiny-omni --work outputs/pretrain-tiny --seed 0 --to-stage format-16f
+    python -m hpft.models.tiny_omni --out outputs/tiny-omni-new --seed 0   # a fresh, plain-prompt folder
+    python scripts/pretrain_tiny.py --model outputs/tiny-omni-new --work outputs/pretrain-tiny --seed 0 \
+        --to-stage format-16f
 
-The `when-*` stages (teaching which quarter of the video an object is in) continue the first stages' weights with
-relative frame labels and a position head naming each visual token's quarter (how the committed weights were made,
-data/tiny-omni/README.md; 36 min on 2 threads):
+The `when-*` stages (teaching which quarter of the video an object is in) continue those weights, in the same
+folder, with relative frame labels and a position head naming each visual token's quarter (how the committed
+weights were made, data/tiny-omni/README.md; 36 min on 2 threads):
 
-    python scripts/pretrain_tiny.py --model outputs/tiny-omni-when --work outputs/pretrain-when --seed 0 \
+    python scripts/pretrain_tiny.py --model outputs/tiny-omni-new --work outputs/pretrain-when --seed 0 \
         --lr 5e-4 --threads 2 --frame-labels relative --position-target quarter --from-stage when-one-object
 """
 
@@ -35,7 +37,7 @@ from hpft.evaluation import score_options
 from hpft.models.loading import load_vlm
 from hpft.models.position_loss import POSITION_TARGETS
 from hpft.models.pretrain import CURRICULUM, NO_REDUCTION, pretrain
-from hpft.models.processor import FRAME_LABELS_KEY, frame_labels_for, tokens_per_tubelet
+from hpft.models.processor import FRAME_LABEL_STYLES, FRAME_LABELS_KEY, frame_labels_for, tokens_per_tubelet
 
 
 def evaluate_split(vlm, tokenizer, split_dir: Path, split: str, num_frames: int) -> dict:
@@ -101,7 +103,7 @@ def main() -> None:
         "--frame-labels",
         nargs="?",
         const="absolute",
-        choices=["absolute", "relative"],
+        choices=[style for style in FRAME_LABEL_STYLES if isinstance(style, str)],  # the config's named layouts
         default=None,
         help=f"train with each tubelet labelled, 'Frame k:' (absolute, the default of the bare flag) or 'Frame k at "
         f"p%%:' (relative: where it starts, in percent of the video), and record it in the model's config.json "
